@@ -1,0 +1,78 @@
+"""The CPU demo: real phantom tumours plus synthetic tumours on control phantoms, end to end.
+
+  python launch/train.py --config=configs/phantom.py --workdir=runs/phantom
+
+Makes the built-in phantom data set on first use (AbdomenAtlas layout, under $JAXSEG_DATA_DIR, default
+~/.cache/jaxseg), preprocesses it, trains a small residual U-Net on liver phantoms, evaluates the final
+checkpoint on held-out phantom cases with real (phantom) tumours and prints tumour DSC, NSD, tumour-wise
+sensitivity and specificity with the report's path. Expect about 10 minutes on a 2-core CPU; the measured
+numbers are in the README.
+
+Variants (``--config=configs/phantom.py:<variant>``):
+  smoke  a tiny model for a few steps on a handful of phantoms: the whole pipeline in well under a minute
+         of training on a CPU (used by the tests).
+  ood    evaluate on the out-of-distribution phantom variant (other noise, contrast phase, spacing, anatomy).
+"""
+
+import ml_collections
+
+from jaxseg.default_config import get_config as base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.data.layout = "phantom"
+  c.data.root = ""  # "" -> $JAXSEG_DATA_DIR/phantom-n<num_cases>-s<seed>-t<tumor_fraction>[-ood]
+  c.data.organs = ("liver",)
+  c.data.spacing = (3.0, 3.0, 3.0)
+  c.data.patch_size = (32, 32, 32)
+  c.data.batch_size = 4
+  c.data.fg_oversample = 0.5
+  c.data.synth_fraction = 0.5
+  c.data.num_val = 8
+  c.data.num_workers = 0
+  c.data.hu_window = (-175.0, 250.0)
+  c.data.phantom.num_cases = 40
+  c.data.phantom.seed = 0
+  c.data.phantom.tumor_fraction = 0.5
+
+  c.model.features = (16, 32, 64, 128)
+  c.model.blocks_per_stage = (1, 1, 2, 2)
+  c.model.conv = "depth_folded"
+
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 2e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_steps = 50
+  c.optim.clip_norm = 12.0
+
+  c.train.num_steps = 1000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 250
+  c.train.eval_every = 0
+
+  c.eval.overlap = 0.5
+  c.eval.window_batch = 8
+  c.eval.tumor_in_organ_margin_mm = 6.0
+  c.eval.min_tumor_volume_mm3 = 100.0
+  c.eval.bootstrap = 500
+
+  if arg == "smoke":
+    c.data.phantom.num_cases = 8
+    c.data.num_val = 2
+    c.data.spacing = (4.0, 4.0, 4.0)
+    c.data.patch_size = (16, 16, 16)
+    c.data.batch_size = 2
+    c.model.features = (4, 8)
+    c.model.blocks_per_stage = (1, 1)
+    c.optim.warmup_steps = 0
+    c.train.num_steps = 4
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+    c.eval.window_batch = 4
+    c.eval.bootstrap = 50
+  elif arg == "ood":
+    c.data.phantom.ood = True
+  elif arg:
+    raise ValueError(f"configs/phantom.py: unknown variant {arg!r}; use smoke or ood")
+  return c

@@ -1,0 +1,144 @@
+"""Orbax checkpoints of a run: save, resume, and restore for inference.
+
+A work directory holds ``checkpoints/<step>`` (the last ``keep`` saves: train state with its RNG and step,
+the Grain iterator state of every process, the config) and ``best/<step>`` (the state with the best
+validation metric, kept apart so the rolling window never deletes it). Saves are asynchronous: training goes
+on while Orbax writes, and Orbax only commits a step directory once it is complete, so a killed run resumes
+from the last complete save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from jaxseg import labels as labels_lib, parallel
+from jaxseg.models import build_model
+from jaxseg.train import state as state_lib
+from jaxseg.train.optim import make_optimizer
+
+
+class RunCheckpointer:
+  """The checkpoints of one work directory."""
+
+  def __init__(self, workdir: str, keep: int = 3, best_metric: str = "tumor_dsc", async_save: bool = True):
+    self.workdir = workdir
+    self.best_metric = best_metric
+    self._last = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save))
+    self._best = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "best")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
+                                             best_mode="max", enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._last.latest_step()
+
+  def save(self, step: int, state: dict, data_iter: Any, config: ml_collections.ConfigDict) -> None:
+    """Saves the state, the data iterator and the config at ``step`` (asynchronously)."""
+    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
+    if data_iter is not None:
+      args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    self._last.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def save_best(self, step: int, state: dict, metrics: dict, config: ml_collections.ConfigDict) -> bool:
+    """Keeps ``state`` in best/ when ``metrics[best_metric]`` beats the kept one. Returns True if saved."""
+    value = metrics.get(self.best_metric)
+    if value is None or value != value:  # Missing or NaN: nothing to rank by.
+      return False
+    # Orbax ranks by best_fn and keeps only the top one, deleting the loser (old or new).
+    self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                  config=ocp.args.JsonSave(config.to_dict())),
+                    metrics={self.best_metric: float(value)}, force=True)
+    return self._best.best_step() == step
+
+  def restore(self, step: int, abstract: dict, data_iter: Any) -> tuple[dict, bool]:
+    """Restores the state at ``step`` into the shardings of ``abstract``, and the iterator in place.
+
+    Returns:
+      (state, data_restored). When the saved iterator state does not fit the current pipeline (another
+      process count or worker count), the data order restarts from the seed and a warning says so.
+    """
+    restored = self._last.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    data_restored = False
+    if data_iter is not None:
+      try:
+        self._last.restore(step, args=ocp.args.Composite(
+            data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+        data_restored = True
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint %d: the data iterator state could not be restored (%s: %s); the data "
+                        "order restarts from the seed (expected when the process or worker count changed).",
+                        step, type(e).__name__, str(e).splitlines()[0][:200])
+    return restored["state"], data_restored
+
+  def wait(self) -> None:
+    self._last.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._last.close()
+    self._best.close()
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was started with (``<workdir>/config.json``)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no config.json; is {workdir!r} a jaxseg work directory?")
+  with open(path) as f:
+    return _config_from_json(json.load(f))
+
+
+def _config_from_json(d: dict) -> ml_collections.ConfigDict:
+  def fix(x):
+    if isinstance(x, dict):
+      return {k: fix(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(fix(v) for v in x)
+    return x
+  return ml_collections.ConfigDict(fix(d))
+
+
+def restore_for_inference(workdir: str, step: int | str | None = None, mesh=None):
+  """Parameters of a run for evaluation or prediction, on any number of devices.
+
+  Args:
+    workdir: the run's work directory.
+    step: a checkpoint step, "best" for the best-by-validation state, or None for the latest.
+    mesh: the mesh to place the (replicated) parameters on; default: all local devices.
+  Returns:
+    (config, params, step).
+  Raises:
+    FileNotFoundError: no such work directory, checkpoint or step.
+  """
+  config = load_config(workdir)
+  mesh = mesh or parallel.make_mesh(jax.local_devices())
+  model = build_model(config.model, labels_lib.num_classes(tuple(config.data.organs)))
+  optimizer, _ = make_optimizer(config.optim, config.train.num_steps)
+  abstract = state_lib.abstract_state(config, model, optimizer, mesh)
+  sub = "best" if step == "best" else "checkpoints"
+  directory = os.path.abspath(os.path.join(workdir, sub))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no checkpoints in this work directory")
+  with ocp.CheckpointManager(directory) as mgr:
+    steps = mgr.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"{directory}: no complete checkpoint")
+    if step is None or step == "best":
+      use = max(steps)
+    else:
+      use = int(step)
+      if use not in steps:
+        raise FileNotFoundError(f"{directory}: no checkpoint at step {use}; have {sorted(steps)}")
+    restored = mgr.restore(use, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  return config, restored["state"]["params"], use

@@ -1,0 +1,117 @@
+"""Default configuration: every field jaxseg reads, with the published settings for real CT.
+
+It lives in the library (configs/default.py re-exports it) so every config file can import it by a stable
+name, whatever the working directory.
+
+This is the base the other configs import and change. On its own it describes a liver run on an
+AbdomenAtlas-layout data set at 1 mm spacing with 96^3 patches and the -175..250 HU window (the settings of
+the synthetic-tumour papers); point ``data.root`` at your data:
+
+  python launch/train.py --config=configs/default.py --workdir=runs/liver \
+      --config.data.root=/data/AbdomenAtlas2.0 --config.data.layout=atlas2
+
+Expect a GPU: one train step at 2x96^3 with this model takes tens of seconds on a CPU.
+"""
+
+import ml_collections
+
+from jaxseg.synth.profiles import default_profiles_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Data: where the cases are, how they are preprocessed and how patches are drawn (see jaxseg/data).
+  c.data = ml_collections.ConfigDict()
+  c.data.layout = "atlas2"          # atlas | atlas2 | msd | nnunet | manifest | phantom
+  c.data.root = ""                  # folder (or manifest file) of the raw data set
+  c.data.cache_dir = ""             # preprocessed cache; "" -> <root>_cache_<spacing>
+  c.data.organs = ("liver",)        # label space: organ i -> 2i+1, its tumour -> 2i+2 (jaxseg/labels.py)
+  c.data.spacing = (1.0, 1.0, 1.0)  # target voxel spacing in mm (canonical RAS axes x, y, z)
+  c.data.patch_size = (96, 96, 96)
+  c.data.batch_size = 2             # global batch: split over all devices of all processes
+  c.data.fg_oversample = 0.33       # nnU-Net: a third of tumour-case patches centred on foreground
+  c.data.synth_fraction = 0.5       # share of patches drawn from control cases (synthetic-tumour sites)
+  c.data.num_real_tumor_cases = -1  # use the first N real tumour cases of the training split (-1: all)
+  c.data.num_val = 0                # held-out cases (tumour and control), chosen by split_seed
+  c.data.split_seed = 0
+  c.data.num_workers = 0            # Grain worker processes (0: in the main process)
+  c.data.prefetch = 2
+  c.data.hu_window = (-175.0, 250.0)  # clip and scale to [0, 1] on the device
+  c.data.preprocess_workers = 2
+
+  # Phantom data (data.layout == "phantom"): made on first use into data.root.
+  c.data.phantom = ml_collections.ConfigDict()
+  c.data.phantom.num_cases = 24
+  c.data.phantom.seed = 0
+  c.data.phantom.tumor_fraction = 0.5
+  c.data.phantom.ood = False
+
+  # Model: a residual-encoder 3D U-Net (jaxseg/models).
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resenc_unet"
+  c.model.features = (32, 64, 128, 256, 320)
+  c.model.blocks_per_stage = (1, 3, 4, 6, 6)   # residual blocks per encoder stage (nnU-Net ResEnc M)
+  c.model.deep_supervision = True
+  c.model.dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.model.conv = "native"           # native | depth_folded (a 3D conv as 2D convs; faster on CPU)
+
+  # Loss: soft Dice + cross-entropy with deep-supervision weights halving per level.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.dice_weight = 1.0
+  c.loss.ce_weight = 1.0
+
+  # Optimizer: "sgd" (nnU-Net: Nesterov 0.99, poly decay) or "adamw" (warmup + cosine).
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"
+  c.optim.learning_rate = 1e-2
+  c.optim.momentum = 0.99
+  c.optim.weight_decay = 3e-5
+  c.optim.poly_power = 0.9
+  c.optim.warmup_steps = 0
+  c.optim.clip_norm = 12.0
+
+  # Synthetic tumours on control samples, inside the jitted step (jaxseg/synth).
+  c.synth = ml_collections.ConfigDict()
+  c.synth.enabled = True
+  c.synth.prob = 0.9                # per control sample (the reference's value)
+  c.synth.contrast = "absolute"     # absolute (published HU drop) | relative (to the organ's local HU)
+  c.synth.profiles = default_profiles_config()  # per organ, e.g. --config.synth.profiles.liver.delta=...
+
+  # On-device augmentation after synthesis (jaxseg/augment.py), nnU-Net-like.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.mirror = True
+  c.augment.rot90 = True
+  c.augment.intensity_scale = (0.9, 1.1)
+  c.augment.intensity_shift = (-0.1, 0.1)
+  c.augment.spatial = False         # small rotations and scalings
+  c.augment.rotation_deg = 15.0
+  c.augment.scale = (0.85, 1.25)
+  c.augment.noise_prob = 0.1
+  c.augment.noise_std = 0.1
+  c.augment.blur_prob = 0.2
+  c.augment.blur_sigma = (0.5, 1.0)
+
+  # Training loop.
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 250_000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 0            # 0: validate only at the end
+  c.train.best_metric = "tumor_dsc"  # kept checkpoint: best by this validation metric (higher is better)
+
+  # Inference and evaluation (jaxseg/infer, jaxseg/metrics).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.overlap = 0.5
+  c.eval.window_batch = 4
+  c.eval.tta_mirror = False
+  c.eval.largest_organ_component = True
+  c.eval.tumor_in_organ_margin_mm = 5.0   # < 0 disables the organ-mask rule
+  c.eval.min_tumor_volume_mm3 = 0.0
+  c.eval.nsd_tolerance_mm = 2.0
+  c.eval.bootstrap = 1000
+  c.eval.max_cases = -1
+  return c

@@ -1,0 +1,142 @@
+"""Organ profiles of the tumour synthesizer, as config data (not code).
+
+SYNTHESIS.md gives the rules per organ: size classes and counts, semi-axis ranges, elastic strength, where
+centres go, what the tumour is clipped to, and how the intensity changes. Keeping them as one
+ml_collections ConfigDict per organ lets a user change any of them from the command line, for example
+``--config.synth.profiles.liver.delta=(50,120)``, without touching the synthesizer.
+
+Liver, pancreas and kidney follow the published rules (Hu et al. 2023; Chen et al. 2024). Colon, esophagus
+and uterus have no published rule-based synthesizer: their rows are this project's starting choice (wall-
+thickening soft-tissue masses; a hypodense uterine mass) and are meant to be changed.
+
+Fields of one profile (all lengths in millimetres; converted with the patch's voxel spacing):
+  classes: size classes drawn uniformly per sample ("tiny", "small", "medium", "large", "mix").
+  radius_mm: base radius R per class.
+  counts: inclusive (lo, hi) tumour count per class; mix_counts: the counts of each class inside "mix".
+  axis_factor: (lo, hi) of each semi-axis as a multiple of R, per class.
+  elastic_sigma_mm: (lo, hi) of the control-point displacement std, per class.
+  center_rule: "eroded" (organ voxel after an in-plane erosion), "wall" (organ boundary voxel) or "organ".
+  axial_ranges: fractions of the organ's axial extent tried in order for centres (the last is the fallback).
+  erosion_mm: half-width of the in-plane square erosion (2 mm = the reference's 5x5 kernel at 1 mm).
+  large_at_box_center: large tumours are centred at the centre of the organ's bounding box (pancreas).
+  clip_margin_mm: the tumour is clipped to the organ dilated by this much (0: the organ itself).
+  exophytic_prob, exophytic_classes: probability that a tumour of these classes is not clipped at all (kidney).
+  intensity: "hypodense" (image - texture * edge * delta inside the organ) or "replace" (a soft-tissue mass
+    of mass_hu replaces lumen and wall inside the allowed region).
+  delta: (lo, hi) of the HU drop (hypodense); mass_hu: (lo, hi) of the mass HU (replace);
+  mass_texture_hu: amplitude of the texture in the mass (replace).
+  fat_fill, fat_hu_max: raise voxels <= fat_hu_max HU inside the tumour to the organ's non-fat mean first.
+  edge_sigma_mm: (lo, hi) of the soft-edge Gaussian.
+  texture_*: the texture recipe of step 4 (sigma banks in mm, rescale, Bernoulli, beta).
+  relative_r, relative_noise_k: the relative-contrast option (config.synth.contrast = "relative"): tumour =
+    local organ mean * (1 - r), texture amplitude = k * the organ's own noise std.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SIZE_GROUPS: tuple[str, ...] = ("tiny", "small", "medium", "large")
+SIZE_CLASSES: tuple[str, ...] = SIZE_GROUPS + ("mix",)
+
+
+def _per_class(tiny, small, medium, large) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(tiny=tiny, small=small, medium=medium, large=large))
+
+
+def _base_profile() -> ml_collections.ConfigDict:
+  """The liver profile: the published reference behaviour."""
+  p = ml_collections.ConfigDict()
+  p.classes = SIZE_CLASSES
+  p.radius_mm = _per_class(4.0, 8.0, 16.0, 32.0)
+  p.counts = _per_class((3, 10), (3, 10), (2, 5), (1, 3))
+  p.mix_counts = _per_class((3, 10), (5, 10), (2, 5), (1, 3))
+  p.axis_factor = _per_class((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (0.75, 1.25))
+  p.elastic_sigma_mm = _per_class((0.5, 1.0), (1.0, 2.0), (3.0, 6.0), (5.0, 10.0))
+  p.center_rule = "eroded"
+  p.axial_ranges = ((0.3, 0.7), (0.2, 0.8), (0.1, 0.9), (0.0, 1.0))
+  p.erosion_mm = 2.0
+  p.large_at_box_center = False
+  p.clip_margin_mm = 0.0
+  p.exophytic_prob = 0.0
+  p.exophytic_classes = ("medium", "large")
+  p.intensity = "hypodense"
+  p.delta = (65.0, 145.0)
+  p.mass_hu = (30.0, 70.0)
+  p.mass_texture_hu = 20.0
+  p.fat_fill = False
+  p.fat_hu_max = 65.0
+  p.edge_sigma_mm = (1.0, 2.0)
+  p.texture_sigma_a_mm = (3.0, 6.0, 9.0, 12.0, 15.0)
+  p.texture_sigma_b_mm = (4.0, 7.0)
+  p.texture_scale = (0.19, 0.21)
+  p.texture_base = (0.04, 0.06)
+  p.texture_u0 = (0.5, 0.55)
+  p.texture_threshold = 0.12
+  p.relative_r = (0.1, 0.35)
+  p.relative_noise_k = 1.1
+  return p
+
+
+def liver_profile() -> ml_collections.ConfigDict:
+  return _base_profile()
+
+
+def pancreas_profile() -> ml_collections.ConfigDict:
+  p = _base_profile()
+  p.classes = ("tiny", "small", "medium", "large")
+  p.counts = _per_class((1, 3), (1, 3), (1, 1), (1, 1))
+  p.mix_counts = _per_class((0, 0), (0, 0), (0, 0), (0, 0))
+  p.axis_factor.large = (0.75, 2.0)
+  p.large_at_box_center = True
+  p.fat_fill = True
+  return p
+
+
+def kidney_profile() -> ml_collections.ConfigDict:
+  p = pancreas_profile()
+  p.large_at_box_center = False
+  p.fat_fill = False
+  p.exophytic_prob = 0.5   # medium and large tumours grow out of the kidney half the time
+  return p
+
+
+def colon_profile() -> ml_collections.ConfigDict:
+  p = _base_profile()
+  p.classes = ("small", "medium")
+  p.counts = _per_class((0, 0), (1, 2), (1, 2), (0, 0))
+  p.mix_counts = _per_class((0, 0), (0, 0), (0, 0), (0, 0))
+  p.center_rule = "wall"
+  p.clip_margin_mm = 10.0
+  p.intensity = "replace"
+  p.mass_hu = (30.0, 70.0)
+  return p
+
+
+def esophagus_profile() -> ml_collections.ConfigDict:
+  p = colon_profile()
+  p.counts = _per_class((0, 0), (1, 1), (1, 1), (0, 0))
+  p.center_rule = "organ"
+  p.mass_hu = (30.0, 60.0)
+  return p
+
+
+def uterus_profile() -> ml_collections.ConfigDict:
+  p = _base_profile()
+  p.classes = ("small", "medium", "large")
+  p.counts = _per_class((0, 0), (1, 2), (1, 2), (1, 2))
+  p.mix_counts = _per_class((0, 0), (0, 0), (0, 0), (0, 0))
+  p.delta = (30.0, 90.0)
+  return p
+
+
+def default_profiles_config() -> ml_collections.ConfigDict:
+  """All six organ profiles: ``config.synth.profiles.<organ>``."""
+  c = ml_collections.ConfigDict()
+  c.liver = liver_profile()
+  c.pancreas = pancreas_profile()
+  c.kidney = kidney_profile()
+  c.colon = colon_profile()
+  c.esophagus = esophagus_profile()
+  c.uterus = uterus_profile()
+  return c

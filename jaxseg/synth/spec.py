@@ -1,0 +1,178 @@
+"""A profile ConfigDict turned into static, hashable tables: slots per size group, count bounds per class.
+
+Under jit the number of tumours must be static, so every size group gets a fixed number of slots (the most
+any class of the profile can ask for) and an active mask. Both the JAX synthesizer and the numpy reference
+read these tables, so they agree on what a draw means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from jaxseg.synth.profiles import SIZE_CLASSES, SIZE_GROUPS
+
+CENTER_RULES = ("eroded", "wall", "organ")
+INTENSITY_RULES = ("hypodense", "replace")
+CONTRASTS = ("absolute", "relative")
+MIN_SPACING_MM = 1.0   # finest spacing the static box and morphology sizes are made for
+MAX_DISPLACEMENT_SIGMAS = 3.0   # control-point displacements are clipped to +-3 sigma (bounded boxes)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+  name: str
+  slots: int
+  radius_mm: float
+  axis_factor: tuple[float, float]
+  sigma_mm: tuple[float, float]
+  count_lo: tuple[int, ...]   # per class of the profile (0 when the class does not use the group)
+  count_hi: tuple[int, ...]
+  exophytic: bool
+
+  def half_extent_mm(self) -> float:
+    """Largest distance from the centre a tumour of this group can reach, in mm."""
+    return self.radius_mm * self.axis_factor[1] + MAX_DISPLACEMENT_SIGMAS * self.sigma_mm[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSpec:
+  """Static view of one organ profile (see profiles.py for the meaning of each field)."""
+  name: str
+  classes: tuple[str, ...]
+  groups: tuple[GroupSpec, ...]
+  center_rule: str
+  axial_ranges: tuple[tuple[float, float], ...]
+  erosion_mm: float
+  large_at_box_center: bool
+  clip_margin_mm: float
+  exophytic_prob: float
+  intensity: str
+  delta: tuple[float, float]
+  mass_hu: tuple[float, float]
+  mass_texture_hu: float
+  fat_fill: bool
+  fat_hu_max: float
+  edge_sigma_mm: tuple[float, float]
+  texture_sigma_a_mm: tuple[float, ...]
+  texture_sigma_b_mm: tuple[float, ...]
+  texture_scale: tuple[float, float]
+  texture_base: tuple[float, float]
+  texture_u0: tuple[float, float]
+  texture_threshold: float
+  relative_r: tuple[float, float]
+  relative_noise_k: float
+  contrast: str = "absolute"
+
+  def class_index(self, size_class: str) -> int:
+    if size_class not in self.classes:
+      raise ValueError(f"synth profile {self.name}: size class {size_class!r} not in {self.classes}")
+    return self.classes.index(size_class)
+
+
+def _pair(v: Any, what: str) -> tuple[float, float]:
+  v = tuple(float(x) for x in v)
+  if len(v) != 2 or v[0] > v[1]:
+    raise ValueError(f"synth profile: {what} must be (lo, hi) with lo <= hi, got {v}")
+  return v
+
+
+def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
+              size_class: str | None = None) -> ProfileSpec:
+  """Builds the static spec of ``profile`` (a ConfigDict or ProfileSpec).
+
+  Args:
+    profile: one organ profile (profiles.py), or an existing ProfileSpec.
+    name: organ name for error messages.
+    contrast: "absolute" or "relative" (config.synth.contrast).
+    size_class: if given, only this class is drawn and groups it does not use get no slots (faster).
+
+  Returns:
+    The ProfileSpec.
+  """
+  if isinstance(profile, ProfileSpec):
+    spec = dataclasses.replace(profile, contrast=contrast)
+    if size_class is None:
+      return spec
+    profile, name = None, spec.name
+  else:
+    spec = None
+  if contrast not in CONTRASTS:
+    raise ValueError(f"config.synth.contrast must be one of {CONTRASTS}, got {contrast!r}")
+  if spec is not None and size_class is not None:
+    classes = (spec.class_index(size_class),)
+    groups = tuple(dataclasses.replace(g, count_lo=(g.count_lo[classes[0]],), count_hi=(g.count_hi[classes[0]],),
+                                       slots=g.count_hi[classes[0]]) for g in spec.groups)
+    return dataclasses.replace(spec, classes=(size_class,), groups=tuple(g for g in groups if g.slots > 0))
+  p = profile
+  classes = tuple(p.classes)
+  for c in classes:
+    if c not in SIZE_CLASSES:
+      raise ValueError(f"synth profile {name}: unknown size class {c!r}; known: {SIZE_CLASSES}")
+  if size_class is not None:
+    if size_class not in classes:
+      raise ValueError(f"synth profile {name}: size class {size_class!r} not in {classes}")
+    classes = (size_class,)
+  groups = []
+  for g in SIZE_GROUPS:
+    lo, hi = [], []
+    for c in classes:
+      if c == "mix":
+        bounds = tuple(p.mix_counts[g])
+      elif c == g:
+        bounds = tuple(p.counts[g])
+      else:
+        bounds = (0, 0)
+      b0, b1 = int(bounds[0]), int(bounds[1])
+      if b0 < 0 or b1 < b0:
+        raise ValueError(f"synth profile {name}: counts for {g} in class {c} must be 0 <= lo <= hi, got {bounds}")
+      lo.append(b0)
+      hi.append(b1)
+    slots = max(hi)
+    if slots == 0:
+      continue
+    groups.append(GroupSpec(
+        name=g, slots=slots, radius_mm=float(p.radius_mm[g]), axis_factor=_pair(p.axis_factor[g], f"{g} axis_factor"),
+        sigma_mm=_pair(p.elastic_sigma_mm[g], f"{g} elastic_sigma_mm"), count_lo=tuple(lo), count_hi=tuple(hi),
+        exophytic=g in tuple(p.exophytic_classes) and float(p.exophytic_prob) > 0))
+  if p.center_rule not in CENTER_RULES:
+    raise ValueError(f"synth profile {name}: center_rule must be one of {CENTER_RULES}, got {p.center_rule!r}")
+  if p.intensity not in INTENSITY_RULES:
+    raise ValueError(f"synth profile {name}: intensity must be one of {INTENSITY_RULES}, got {p.intensity!r}")
+  return ProfileSpec(
+      name=name, classes=classes, groups=tuple(groups), center_rule=str(p.center_rule),
+      axial_ranges=tuple(_pair(r, "axial_ranges") for r in p.axial_ranges), erosion_mm=float(p.erosion_mm),
+      large_at_box_center=bool(p.large_at_box_center), clip_margin_mm=float(p.clip_margin_mm),
+      exophytic_prob=float(p.exophytic_prob), intensity=str(p.intensity), delta=_pair(p.delta, "delta"),
+      mass_hu=_pair(p.mass_hu, "mass_hu"), mass_texture_hu=float(p.mass_texture_hu), fat_fill=bool(p.fat_fill),
+      fat_hu_max=float(p.fat_hu_max), edge_sigma_mm=_pair(p.edge_sigma_mm, "edge_sigma_mm"),
+      texture_sigma_a_mm=tuple(float(s) for s in p.texture_sigma_a_mm),
+      texture_sigma_b_mm=tuple(float(s) for s in p.texture_sigma_b_mm),
+      texture_scale=_pair(p.texture_scale, "texture_scale"), texture_base=_pair(p.texture_base, "texture_base"),
+      texture_u0=_pair(p.texture_u0, "texture_u0"), texture_threshold=float(p.texture_threshold),
+      relative_r=_pair(p.relative_r, "relative_r"), relative_noise_k=float(p.relative_noise_k), contrast=contrast)
+
+
+def box_size(group: GroupSpec, n: int) -> int:
+  """Static side (voxels) of the box a tumour of ``group`` fits in at the finest supported spacing."""
+  half = int(math.ceil(group.half_extent_mm() / MIN_SPACING_MM)) + 1
+  return min(n, 2 * half + 1)
+
+
+def coarse_step(group: GroupSpec) -> int:
+  """Static grid step (voxels) at which a group evaluated over the whole patch is sampled.
+
+  The shape is evaluated as sqrt of the ellipsoid function, which is distance-like, so linear
+  interpolation moves the boundary by about step^2 / (8 * semi-axis) voxels: below 0.2 voxel here at 1 mm.
+  """
+  smallest_axis_vox = group.radius_mm * group.axis_factor[0] / MIN_SPACING_MM
+  return int(np.clip(smallest_axis_vox // 6, 1, 4))
+
+
+def use_box(group: GroupSpec, shape: tuple[int, ...]) -> bool:
+  """Small tumours are evaluated in their own box; big ones over the whole patch on a coarse grid."""
+  vol = np.prod([box_size(group, n) for n in shape])
+  return bool(vol * 8 <= np.prod(shape))

@@ -1,0 +1,206 @@
+"""The training loop: one library call from the command line to a trained, evaluated run.
+
+Resume order (big_vision's): a checkpoint in the work directory, else a fresh state from the seed. Rerunning
+the same command after a crash or a kill continues from the last complete checkpoint with the same
+parameters, RNG and data order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import zlib
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from jaxseg import checkpoint as ckpt_lib, labels as labels_lib, parallel
+from jaxseg.config_checks import ConfigError, check_config
+from jaxseg.models import build_model
+from jaxseg.train import state as state_lib
+from jaxseg.train.optim import make_optimizer
+from jaxseg.train.progress import MetricsLog, Progress
+from jaxseg.train.step import make_train_step
+
+# Fault injection for tests of resume and multi-process failure: the process SIGKILLs itself at the start
+# of this step (a real kill: no Python cleanup runs). JAXSEG_KILL_PROCESS limits it to one process index.
+_KILL_ENV = "JAXSEG_KILL_AT_STEP"
+_KILL_PROCESS_ENV = "JAXSEG_KILL_PROCESS"
+
+
+def record_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes config.json and versions.json; keeps a differing earlier config beside it."""
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if old != text:
+      n = len([p for p in os.listdir(workdir) if p.startswith("config.previous")])
+      os.replace(path, os.path.join(workdir, f"config.previous{n}.json"))
+      logging.warning("%s: the config differs from the one this run was started with; the old one is kept "
+                      "as config.previous%d.json", path, n)
+  with open(path, "w") as f:
+    f.write(text)
+  versions = {"python": platform.python_version(), "platform": platform.platform(),
+              "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+  import importlib.metadata as md  # pylint: disable=import-outside-toplevel
+  for pkg in ("jaxseg", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "scipy",
+              "nibabel", "ml-collections", "absl-py"):
+    try:
+      versions[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      versions[pkg] = None
+  with open(os.path.join(workdir, "versions.json"), "w") as f:
+    json.dump(versions, f, indent=2)
+
+
+def _maybe_kill(step: int) -> None:
+  at = os.environ.get(_KILL_ENV)
+  if at and int(at) == step:
+    who = os.environ.get(_KILL_PROCESS_ENV)
+    if who is None or int(who) == jax.process_index():
+      logging.warning("%s=%s: killing process %d at step %d", _KILL_ENV, at, jax.process_index(), step)
+      os.kill(os.getpid(), signal.SIGKILL)
+
+
+def host_params(params):
+  """This process's copy of replicated parameters, as numpy (works when other processes hold shards too)."""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_shards[0].data), params)
+
+
+def _batch_crc(batch: dict) -> int:
+  return zlib.crc32(np.ascontiguousarray(batch["image"]).tobytes()) ^ zlib.crc32(
+      np.ascontiguousarray(batch["label"]).tobytes())
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def prepare(config: ml_collections.ConfigDict):
+  """Data preparation on the first process (others wait), then the split: (cache_dir, train_ids, val_ids)."""
+  from jaxseg.data import cache, prepare as prepare_lib, split  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    cache_dir = prepare_lib.prepare_data(config.data)
+  _sync("jaxseg_prepare_data")
+  if jax.process_index() != 0:
+    cache_dir = prepare_lib.prepare_data(config.data)  # Finds the finished cache; does no work.
+  cases = cache.list_cases(cache_dir)
+  train_ids, val_ids = split.split_cases(cases, config.data.num_val, config.data.split_seed,
+                                         tuple(config.data.organs))
+  return cache_dir, train_ids, val_ids
+
+
+def validate(config, state, cache_dir: str, val_ids: list[str], workdir: str, step: int) -> dict:
+  """Evaluates ``state`` on the held-out cases (first process; the rest wait) and returns the summary."""
+  from jaxseg.infer.evaluate import evaluate_cases  # pylint: disable=import-outside-toplevel
+  summary = {}
+  if jax.process_index() == 0 and val_ids:
+    out_dir = os.path.join(workdir, "eval", f"step_{step}")
+    summary = evaluate_cases(config, host_params(state["params"]), cache_dir, val_ids, out_dir,
+                             mesh=parallel.make_mesh(jax.local_devices()), checkpoint_step=step)
+    summary = dict(summary, eval_dir=out_dir)
+  if jax.process_count() > 1:
+    value = np.float32(summary.get(config.train.best_metric, np.nan))
+    value = float(multihost_utils.broadcast_one_to_all(value))
+    summary.setdefault(config.train.best_metric, value)
+  return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir`` when it holds a checkpoint), validates, and returns the summary.
+
+  Returns:
+    dict with the final training metrics and, when the config holds out validation cases, the summary of
+    evaluate_cases on them (keys like tumor_dsc) and the path of its report.
+  Raises:
+    ConfigError: a bad config value (the message names the field).
+    FloatingPointError: the loss became non-finite (the message names the step and the last checkpoint).
+  """
+  if not workdir:
+    raise ConfigError("--workdir: a work directory is required (checkpoints, logs and reports go there)")
+  mesh = parallel.make_mesh()
+  check_config(config, mesh.devices.size)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    record_run(workdir, config)
+  cache_dir, train_ids, val_ids = prepare(config)
+
+  from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
+  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+  if not config.synth.enabled:
+    data_cfg.synth_fraction = 0.0  # The real-only arm: no control patches waiting for a tumour.
+  loader = make_train_loader(data_cfg, cache_dir, train_ids, seed=config.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(loader)
+
+  organs = tuple(config.data.organs)
+  model = build_model(config.model, labels_lib.num_classes(organs))
+  optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+  ckpt = ckpt_lib.RunCheckpointer(workdir, config.train.keep_checkpoints, config.train.best_metric)
+  start = ckpt.latest_step()
+  if start is None:
+    state, start = state_lib.init_state(config, model, optimizer, mesh), 0
+    logging.info("fresh start: %d parameters", state_lib.count_params(state["params"]))
+  else:
+    abstract = state_lib.abstract_state(config, model, optimizer, mesh)
+    state, _ = ckpt.restore(start, abstract, data_iter)
+    logging.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), start)
+
+  train_step = make_train_step(config, model, optimizer, schedule, mesh)
+  log = MetricsLog(workdir, enabled=is_main)
+  progress = Progress(start, config.train.num_steps, enabled=is_main)
+  t = config.train
+  pending = None  # (step, metrics) of the last dispatched step: checked one step late to keep the device busy.
+  last = {}
+  summary = {}
+
+  def check(step_metrics):
+    step, metrics, crc = step_metrics
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not np.isfinite(metrics["loss"]):
+      raise FloatingPointError(
+          f"step {step}: the loss is {metrics['loss']} (non-finite); stopping. The last checkpoint is step "
+          f"{ckpt.latest_step()} in {workdir}; lower optim.learning_rate or check the data and rerun.")
+    if step % t.log_every == 0 or step == t.num_steps:
+      log.write({"step": step, **metrics, "steps_per_s": progress.steps_per_s, "data_crc": crc})
+      progress.update(step, metrics["loss"], force_log=True)
+    else:
+      progress.update(step, metrics["loss"])
+    return metrics
+
+  try:
+    for step in range(start + 1, t.num_steps + 1):
+      _maybe_kill(step)
+      local = next(data_iter)
+      batch = parallel.global_batch(local, mesh)
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        last = check(pending)
+      pending = (step, metrics, _batch_crc(local))
+      if step % t.checkpoint_every == 0 or step == t.num_steps:
+        last = check(pending)  # Never save a state whose loss went non-finite.
+        pending = None
+        ckpt.save(step, state, data_iter, config)
+      if (t.eval_every and step % t.eval_every == 0) or step == t.num_steps:
+        summary = validate(config, state, cache_dir, val_ids, workdir, step)
+        if summary:
+          ckpt.save_best(step, state, summary, config)
+          log.write({"step": step, **{f"val/{k}": v for k, v in summary.items() if isinstance(v, float)}})
+    if pending is not None:
+      last = check(pending)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    close = getattr(data_iter, "close", None) or getattr(loader, "close", None)
+    if close is not None:
+      close()
+  return {**last, **summary, "step": t.num_steps, "workdir": workdir}

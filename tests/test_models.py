@@ -1,0 +1,77 @@
+"""The residual-encoder U-Net: output shapes, exact parameter counts, and the two conv implementations."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxseg.models import build_model
+from jaxseg.train import state as state_lib
+
+
+def _cfg(features, blocks, ds=True, conv="native", dtype="float32"):
+  return ml_collections.ConfigDict(dict(name="resenc_unet", features=features, blocks_per_stage=blocks,
+                                        deep_supervision=ds, dtype=dtype, conv=conv))
+
+
+def _expected_params(features, blocks, k, in_ch=1):
+  """Independent count from the architecture's definition."""
+  n = 27 * in_ch * features[0] + 2 * features[0]
+  cin = features[0]
+  for s, (f, b) in enumerate(zip(features, blocks)):
+    for i in range(b):
+      stride = 2 if (s > 0 and i == 0) else 1
+      n += 27 * cin * f + 2 * f + 27 * f * f + 2 * f
+      if stride != 1 or cin != f:
+        n += cin * f + 2 * f
+      cin = f
+  for s in range(len(features) - 2, -1, -1):
+    n += 8 * features[s + 1] * features[s] + 27 * 2 * features[s] * features[s] + 2 * features[s]
+    n += features[s] * k + k
+  return n
+
+
+@pytest.mark.parametrize("features,blocks,k,pinned", [
+    ((4, 8), (1, 1), 3, 4_811),
+    ((8, 16, 32), (1, 2, 2), 5, 148_378),
+])
+def test_param_count_and_shapes(features, blocks, k, pinned):
+  cfg = _cfg(features, blocks)
+  model = build_model(cfg, k)
+  params = state_lib.init_params(model, cfg, jax.random.key(0))
+  n = state_lib.count_params(params)
+  assert n == _expected_params(features, blocks, k)
+  assert n == pinned
+  side = 2 ** (len(features) - 1) * 2
+  x = jnp.zeros((2, side, side, side, 1))
+  outs = model.apply({"params": params}, x, train=True)
+  assert [o.shape for o in outs] == [(2, side // 2 ** i, side // 2 ** i, side // 2 ** i, k)
+                                     for i in range(len(features) - 1)]
+  y = model.apply({"params": params}, x, train=False)
+  assert y.shape == (2, side, side, side, k) and y.dtype == jnp.float32
+
+
+def test_depth_folded_matches_native():
+  cfg = _cfg((4, 8, 16), (1, 1, 1))
+  native = build_model(cfg, 3)
+  folded = build_model(_cfg((4, 8, 16), (1, 1, 1), conv="depth_folded"), 3)
+  params = state_lib.init_params(native, cfg, jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (1, 16, 12, 8, 1))
+  a = native.apply({"params": params}, x)
+  b = folded.apply({"params": params}, x)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  cfg = _cfg((4, 8), (1, 1), dtype="bfloat16")
+  model = build_model(cfg, 3)
+  params = state_lib.init_params(model, cfg, jax.random.key(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  y = model.apply({"params": params}, jnp.ones((1, 8, 8, 8, 1)))
+  assert y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()
+
+
+def test_unknown_model_is_named():
+  with pytest.raises(ValueError, match="model.name"):
+    build_model(ml_collections.ConfigDict(dict(_cfg((4,), (1,)).to_dict(), name="vnet")), 3)
