@@ -47,7 +47,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"multiple of {num_devices}")
   if d.layout not in LAYOUTS:
     raise ConfigError(f"data.layout: unknown layout {d.layout!r}; known: {', '.join(LAYOUTS)}")
-  if not d.root:
+  if not d.root and d.layout != "phantom":
     raise ConfigError("data.root: no data set given (set --config.data.root=<dir>)")
   if len(d.spacing) != 3 or min(d.spacing) <= 0:
     raise ConfigError(f"data.spacing: {tuple(d.spacing)} must be three positive millimetre values")

@@ -82,6 +82,8 @@ def write_case(cache_dir: str, case_id: str, image: np.ndarray, label: np.ndarra
     np.save(os.path.join(tmp, "locs.npy"), np.ascontiguousarray(locs, dtype=np.uint16))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f)
+    if os.path.isdir(final) and not is_complete(cache_dir, case_id):
+      shutil.rmtree(final)  # a folder without meta.json is not a case (made by hand or another tool)
     try:
       os.rename(tmp, final)
     except OSError:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -133,6 +134,13 @@ def preprocess_case(record: CaseRecord, dst: str, spacing, organs: tuple[str, ..
   return record.case_id, None, case.warnings
 
 
+def _main_is_importable() -> bool:
+  """Spawned workers re-import __main__ from its file; an interactive or stdin main has none."""
+  main = sys.modules.get("__main__")
+  path = getattr(main, "__file__", None)
+  return path is not None and os.path.exists(path)
+
+
 def parallel_map(fn: Callable, items: Iterable, workers: int, desc: str) -> Iterator:
   """Maps ``fn`` over ``items`` in ``workers`` spawned processes (in-process when <= 1), with a progress bar.
 
@@ -146,7 +154,7 @@ def parallel_map(fn: Callable, items: Iterable, workers: int, desc: str) -> Iter
         yield fn(*it)
         bar.update()
       return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("spawn" if _main_is_importable() else "fork")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
       futures = [pool.submit(fn, *it) for it in items]
       for fut in cf.as_completed(futures):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
-
 
 def _key(seed: int, case_id: str) -> bytes:
   return hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
@@ -39,7 +37,7 @@ def split_cases(cases: list[dict], num_val: int, split_seed: int, organs) -> tup
   Returns:
     (train_ids, val_ids), each sorted by case id.
   """
-  if num_val < 0 or num_val >= max(len(cases), 1) and num_val > 0:
+  if num_val < 0 or (num_val > 0 and num_val >= len(cases)):
     raise ValueError(f"data.num_val={num_val} must be in [0, {len(cases) - 1}] for {len(cases)} cases")
   ids = sorted(c["case_id"] for c in cases)
   by_id = {c["case_id"]: c for c in cases}

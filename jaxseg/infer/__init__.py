@@ -1,0 +1,1 @@
+"""Inference: sliding window, post-processing, predictions on the original grid, checkpoint evaluation."""

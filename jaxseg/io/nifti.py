@@ -33,7 +33,7 @@ def load_nifti(path: str) -> nib.Nifti1Image:
   try:
     img = nib.load(path)
   except Exception as e:  # nibabel raises many types for a bad header.
-    raise DataError(f"{path}: unreadable NIfTI header ({type(e).__name__}: {e})") from e
+    raise DataError(f"{path}: unreadable or truncated NIfTI header ({type(e).__name__}: {e})") from e
   if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
     raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
   return img

@@ -1,0 +1,181 @@
+"""The training input pipeline: a Grain chain from the memory-mapped cache to process-local patch batches.
+
+```
+units (tumour cases; (control case, organ) pairs) -> shuffle(seed) -> repeat   (two streams)
+  -> mix(weights 1 - synth_fraction, synth_fraction) -> random_map(sample a patch)
+  -> [process_index::process_count] -> to_iter_dataset -> mp_prefetch(num_workers) -> batch
+```
+Each patch is drawn with the per-element generator Grain derives from (seed, global index), and batching
+comes after mp_prefetch, so the same seed gives the same batches for any worker count. The host only
+reads and crops: intensity windowing, synthesis and augmentation happen on the device.
+
+Patches from tumour cases are centred (with jitter) on a tumour voxel with probability ``fg_oversample``
+(nnU-Net: 0.33) and uniformly placed otherwise; patches from control cases are centred on a voxel of the
+organ the synthesizer may place a tumour in (``synth_organ``). Borders are padded with -1024 HU, label 0.
+Arrays are memory-mapped and only a bounded number of cases stay open per worker, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import grain
+import numpy as np
+
+from jaxseg import labels as label_space
+from jaxseg.data import cache
+from jaxseg.data.split import first_tumor_cases
+
+PAD_HU = -1024
+_OPEN_CASES = 16  # memory-mapped cases kept open per process (bounded: flat memory over long runs)
+
+
+class _CaseCache:
+  """A small LRU of open memory-mapped cases (per process; rebuilt empty in each worker after pickling)."""
+
+  def __init__(self, cache_dir: str):
+    self.cache_dir = cache_dir
+    self._open: collections.OrderedDict = collections.OrderedDict()
+
+  def __getstate__(self):
+    return {"cache_dir": self.cache_dir}
+
+  def __setstate__(self, state):
+    self.__init__(state["cache_dir"])
+
+  def get(self, case_id: str):
+    if case_id in self._open:
+      self._open.move_to_end(case_id)
+      return self._open[case_id]
+    image, label, meta = cache.load_case(self.cache_dir, case_id, mmap=True)
+    entry = (image, label, cache.load_locations(self.cache_dir, case_id, meta), np.asarray(meta["spacing"], np.float32))
+    self._open[case_id] = entry
+    if len(self._open) > _OPEN_CASES:
+      self._open.popitem(last=False)
+    return entry
+
+
+def crop(volume: np.ndarray, start, size, pad_value) -> np.ndarray:
+  """Copies volume[start:start+size] ([X, Y, Z]), padding with ``pad_value`` where it leaves the volume."""
+  out = np.full(tuple(size), pad_value, dtype=volume.dtype)
+  src, dst = [], []
+  for s, n, d in zip(start, size, volume.shape):
+    a, b = max(s, 0), min(s + n, d)
+    if b <= a:
+      return out
+    src.append(slice(a, b))
+    dst.append(slice(a - s, b - s))
+  out[tuple(dst)] = volume[tuple(src)]
+  return out
+
+
+@dataclasses.dataclass
+class PatchSampler:
+  """Grain random map: (case_id, synth_organ) -> one patch dict (see ``make_train_loader``)."""
+  cache_dir: str
+  patch_size: tuple[int, int, int]
+  fg_oversample: float
+  organs: tuple[str, ...]
+
+  def __post_init__(self):
+    self._cases = _CaseCache(self.cache_dir)
+    self._tumor_labels = [label_space.tumor_label(self.organs, o) for o in self.organs]
+
+  def __call__(self, unit, rng: np.random.Generator) -> dict:
+    case_id, synth_organ = unit[0], int(unit[1])
+    image, label, locs, spacing = self._cases.get(case_id)
+    size = np.asarray(self.patch_size)
+    shape = np.asarray(label.shape)
+    if synth_organ >= 0:
+      pts = locs.get(label_space.organ_label(self.organs, self.organs[synth_organ]))
+      centre = pts[rng.integers(len(pts))].astype(np.int64) if pts is not None and len(pts) else shape // 2
+    else:
+      fg = [locs[c] for c in self._tumor_labels if c in locs and len(locs[c])]
+      if fg and rng.random() < self.fg_oversample:
+        pts = fg[rng.integers(len(fg))]
+        jitter = rng.integers(-(size // 4), size // 4 + 1)
+        centre = pts[rng.integers(len(pts))].astype(np.int64) + jitter
+      else:
+        centre = rng.integers(0, shape)
+    start = centre - size // 2
+    return {
+        "image": crop(image, start, size, np.int16(PAD_HU)),
+        "label": crop(label, start, size, np.uint8(0)),
+        "synth_organ": np.int32(synth_organ),
+        "spacing": spacing,
+    }
+
+
+def sampling_units(cases: list[dict], train_ids: list[str], organs) -> tuple[list, list]:
+  """(tumour units [(case_id, -1)], control units [(case_id, organ index)]) of the train split."""
+  by_id = {c["case_id"]: c for c in cases}
+  real, control = [], []
+  for cid in sorted(train_ids):
+    status = by_id[cid]["organs"]
+    if any(status.get(o) == "tumor" for o in organs):
+      real.append((cid, -1))
+    control += [(cid, i) for i, o in enumerate(organs) if status.get(o) == "control"]
+  return real, control
+
+
+def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """The Grain IterDataset of process-local batches (see ``make_train_loader``)."""
+  organs = label_space.check_organs(data_cfg.organs)
+  if data_cfg.batch_size % process_count:
+    raise ValueError(f"data.batch_size={data_cfg.batch_size} is not divisible by {process_count} processes")
+  cases = cache.list_cases(cache_dir)
+  missing = set(train_ids) - {c["case_id"] for c in cases}
+  if missing:
+    raise ValueError(f"{cache_dir}: train cases not in the cache: {sorted(missing)[:5]}")
+  train_ids = first_tumor_cases(cases, train_ids, int(data_cfg.num_real_tumor_cases), int(data_cfg.split_seed),
+                                organs)
+  real, control = sampling_units(cases, train_ids, organs)
+  f = float(data_cfg.synth_fraction)
+  streams, weights = [], []
+  if real and f < 1.0:
+    streams.append(grain.MapDataset.source(real).shuffle(seed=seed).repeat())
+    weights.append(1.0 - f)
+  if control and f > 0.0:
+    streams.append(grain.MapDataset.source(control).shuffle(seed=seed + 1).repeat())
+    weights.append(f)
+  if not streams:  # e.g. synth_fraction 1 without controls: fall back to whatever exists
+    streams = [grain.MapDataset.source(real or control).shuffle(seed=seed).repeat()]
+    weights = [1.0]
+  if not (real or control):
+    raise ValueError(f"{cache_dir}: no tumour or control case for organs {organs} among {len(train_ids)} cases")
+  ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+  sampler = PatchSampler(cache_dir, tuple(int(p) for p in data_cfg.patch_size), float(data_cfg.fg_oversample),
+                         organs)
+  ds = ds.random_map(sampler, seed=seed)
+  ds = ds[process_index::process_count]
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(2, int(data_cfg.prefetch))))
+  if int(data_cfg.num_workers) > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data_cfg.num_workers),
+                                                     per_worker_buffer_size=max(1, int(data_cfg.prefetch))))
+  return it.batch(data_cfg.batch_size // process_count, drop_remainder=True)
+
+
+def make_train_loader(data_cfg, cache_dir: str, train_ids: list[str], seed: int, process_index: int = 0,
+                      process_count: int = 1) -> grain.DatasetIterator:
+  """An infinite, checkpointable iterator of process-local training batches.
+
+  Applies ``data_cfg.num_real_tumor_cases`` to ``train_ids`` (first N tumour cases, nested in N).
+
+  Args:
+    data_cfg: config.data (organs, patch_size, batch_size, fg_oversample, synth_fraction,
+      num_real_tumor_cases, split_seed, num_workers, prefetch).
+    cache_dir: the preprocessed cache.
+    train_ids: training case ids.
+    seed: shuffling and sampling seed.
+    process_index: this JAX process.
+    process_count: number of JAX processes.
+
+  Returns:
+    A Grain DatasetIterator (get_state/set_state; save with grain.checkpoint.CheckpointSave) yielding
+    {"image": int16 [B, X, Y, Z], "label": uint8 [B, X, Y, Z], "synth_organ": int32 [B],
+     "spacing": float32 [B, 3]} with B = batch_size / process_count. Close it (``it.close()`` when it has
+    one) before exit when workers are used.
+  """
+  return iter(make_dataset(data_cfg, cache_dir, train_ids, seed, process_index, process_count))

@@ -1,0 +1,180 @@
+"""From a CT (array or NIfTI file) to a label map: window, sliding-window model, post-processing, and
+the way back onto the original voxel grid.
+
+``predict_volume`` works on canonical arrays (the cache's grid) and is what validation calls;
+``predict_files`` adds reading, reorienting and resampling, and writes each prediction as NIfTI on the
+input's own grid with the input's affine, so it overlays the CT in any viewer.
+
+Tests and tools can pass their own ``predict_fn`` (window logits from normalised windows) in place of
+the model: the rest of the path (windows, blending, post-processing, geometry) stays the production one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from jaxseg import labels as labels_lib
+from jaxseg.data import geometry
+from jaxseg.data.preprocess import preprocess_image
+from jaxseg.infer import postprocess as post
+from jaxseg.infer.sliding_window import sliding_window_inference
+from jaxseg.io import nifti
+from jaxseg.train.preprocessing import normalize_hu
+
+_SUFFIXES = (".nii.gz", ".nii")
+
+
+@functools.lru_cache(maxsize=8)
+def _apply_fn(model_json: str, num_classes: int) -> Callable:
+  """One apply function per model config, so every case and every validation reuses one compilation."""
+  from jaxseg.models import build_model  # pylint: disable=g-import-not-at-top
+  module = build_model(ml_collections.ConfigDict(json.loads(model_json)), num_classes)
+
+  def apply(params, x):
+    out = module.apply({"params": params}, x, train=False)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+  return apply
+
+
+def model_predict_fn(config: ml_collections.ConfigDict, params) -> jax.tree_util.Partial:
+  """The model of ``config`` with ``params`` as a window predictor f32 [N, wx, wy, wz, 1] -> [N, ..., K]."""
+  k = labels_lib.num_classes(tuple(config.data.organs))
+  return jax.tree_util.Partial(_apply_fn(config.model.to_json(), k), params)
+
+
+def normalize_volume(image_hu: np.ndarray, hu_window: Sequence[float], slab: int = 32) -> np.ndarray:
+  """``normalize_hu`` (the training transform, bit for bit) over a whole CT, a slab of x-planes at a
+  time so that a large CT never sits on the device at once. f32 [X, Y, Z] on the host."""
+  image_hu = np.asarray(image_hu)
+  out = np.empty(image_hu.shape, np.float32)
+  for a in range(0, image_hu.shape[0], slab):
+    out[a:a + slab] = np.asarray(normalize_hu(image_hu[a:a + slab], hu_window))
+  return out
+
+
+def _argmax_and_tumor_probs(logits: np.ndarray, tumor_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Labels and tumour-class softmax probabilities, one x-slab at a time (no full-size temporaries)."""
+  labels = np.empty(logits.shape[:3], np.uint8)
+  probs = np.empty(logits.shape[:3] + (len(tumor_ids),), np.float16)
+  for x in range(logits.shape[0]):
+    s = logits[x]
+    labels[x] = np.argmax(s, axis=-1)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    probs[x] = (e[..., list(tumor_ids)] / e.sum(axis=-1, keepdims=True)).astype(np.float16)
+  return labels, probs
+
+
+def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarray,
+                   spacing: Sequence[float], mesh=None, predict_fn: Callable | None = None,
+                   progress: bool = False) -> tuple[np.ndarray, dict[int, float]]:
+  """Segments one canonical CT.
+
+  Args:
+    config: the run's config (data.organs, data.patch_size, data.hu_window, eval.*).
+    params: model parameters (unused when ``predict_fn`` is given).
+    image_hu: HU [X, Y, Z] on the canonical grid at ``config.data.spacing``.
+    spacing: its voxel spacing (sx, sy, sz) in mm (for post-processing).
+    mesh: a Mesh with a "data" axis to shard windows over, or None.
+    predict_fn: window predictor replacing the model (f32 [N, wx, wy, wz, 1] -> logits [N, ..., K]).
+    progress: show a progress bar over window batches.
+
+  Returns:
+    (label map uint8 [X, Y, Z] after post-processing,
+     scores {tumour label id: the largest predicted probability of that tumour inside the region where
+     post-processing allows it (0 when none)}: the per-case tumour score of the AUC).
+  """
+  organs = labels_lib.check_organs(config.data.organs)
+  k = labels_lib.num_classes(organs)
+  if predict_fn is None:
+    predict_fn = model_predict_fn(config, params)
+  image_hu = np.asarray(image_hu)
+  if image_hu.ndim != 3:
+    raise ValueError(f"predict_volume: image must be [X, Y, Z], got shape {image_hu.shape}")
+  volume = normalize_volume(image_hu, config.data.hu_window)[..., None]
+  logits = sliding_window_inference(
+      predict_fn, volume, tuple(config.data.patch_size), float(config.eval.overlap),
+      int(config.eval.window_batch), k, mesh=mesh, tta_mirror=bool(config.eval.tta_mirror),
+      progress=progress)
+  del volume
+  tumor_ids = [labels_lib.tumor_label(organs, o) for o in organs]
+  raw, probs = _argmax_and_tumor_probs(logits, tumor_ids)
+  del logits
+  labels = post.postprocess(raw, spacing, organs, config.eval)
+  scores = {}
+  for i, organ in enumerate(organs):
+    region = post.tumor_allowed_region(labels, spacing, organs, organ, config.eval)
+    scores[tumor_ids[i]] = float(probs[..., i][region].max()) if region.any() else 0.0
+  return labels, scores
+
+
+def list_inputs(inputs: str | Sequence[str]) -> list[str]:
+  """NIfTI files named by ``inputs``: a file, a folder (its .nii/.nii.gz files) or a list of files."""
+  if isinstance(inputs, str):
+    if os.path.isdir(inputs):
+      files = sorted(os.path.join(inputs, f) for f in os.listdir(inputs) if f.endswith(_SUFFIXES))
+      if not files:
+        raise ValueError(f"{inputs}: no .nii.gz or .nii files in this folder")
+      return files
+    inputs = [inputs]
+  for f in inputs:
+    if not os.path.isfile(f):
+      raise ValueError(f"{f}: no such file")
+    if not f.endswith(_SUFFIXES):
+      raise ValueError(f"{f}: not a NIfTI file (.nii.gz or .nii)")
+  return list(inputs)
+
+
+def case_name(path: str) -> str:
+  """File name without the NIfTI suffix."""
+  name = os.path.basename(path)
+  for suf in _SUFFIXES:
+    if name.endswith(suf):
+      return name[:-len(suf)]
+  return name
+
+
+def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Sequence[str], output_dir: str,
+                  mesh=None, predict_fn: Callable | None = None, progress: bool = True) -> list[str]:
+  """Predicts NIfTI CTs and writes their label maps on the original grids.
+
+  Each input is reoriented to RAS+ and resampled to ``config.data.spacing``, segmented with
+  ``predict_volume``, mapped back (nearest neighbour) onto the input's voxel grid and written as
+  ``<output_dir>/<name>.nii.gz`` (uint8, the input's affine). ``scores.json`` holds every case's tumour
+  scores by tumour name.
+
+  Args:
+    config: the run's config.
+    params: model parameters (unused with ``predict_fn``).
+    inputs: a NIfTI file, a folder of them, or a list of files.
+    output_dir: where predictions go (created).
+    mesh, predict_fn: see ``predict_volume``.
+    progress: show a progress bar over cases.
+
+  Returns:
+    The written prediction paths, in input order.
+  """
+  files = list_inputs(inputs)
+  organs = labels_lib.check_organs(config.data.organs)
+  names = labels_lib.class_names(organs)
+  os.makedirs(output_dir, exist_ok=True)
+  written, all_scores = [], {}
+  for path in tqdm.tqdm(files, desc="predict", unit="case", disable=not progress):
+    image, meta = preprocess_image(path, tuple(config.data.spacing))
+    labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)
+    back = geometry.from_canonical(labels, meta, order=0)
+    out = os.path.join(output_dir, case_name(path) + ".nii.gz")
+    nifti.save_nifti(back.astype(np.uint8), np.asarray(meta["original_affine"]), out, dtype=np.uint8)
+    written.append(out)
+    all_scores[case_name(path)] = {names[i]: s for i, s in scores.items()}
+  with open(os.path.join(output_dir, "scores.json"), "w") as f:
+    json.dump(all_scores, f, indent=2)
+  return written

@@ -1,0 +1,303 @@
+"""The jittable tumour synthesizer: one pure function of (HU patch, organ mask, spacing, key, profile).
+
+It is split in two so the numpy reference can be checked against it on identical random numbers:
+``draw`` makes every random choice (size class, counts, semi-axes, displacements, centre uniforms, noise),
+``render`` turns the draws into the tumour mask and the new image deterministically. All shapes are static:
+each size group has a fixed number of slots with an active mask; small tumours are evaluated in a static
+box, large ones over the whole patch on a coarse grid (their shape function is smooth), textures are
+generated on a grid twice as coarse and blurred straight back to full resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg.synth import ops, spec as spec_lib
+from jaxseg.synth.spec import ProfileSpec
+
+_FAR = 4.0          # shape-function value for "no tumour here" (tumour is <= 1)
+_CELL = 4           # centre sampling: candidate counts per 4^3 cell, then a voxel inside the cell
+
+
+def texture_factor(shape: tuple[int, ...]) -> int:
+  return 2 if all(n % 2 == 0 for n in shape) else 1
+
+
+def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str, Any]:
+  """Every random choice of one synthesis, as a dict of arrays (see ``render``)."""
+  counter = iter(range(1 << 20))
+  keys = iter(lambda: jax.random.fold_in(key, next(counter)), None)
+  u = lambda shp=(): jax.random.uniform(next(keys), shp)
+  urange = lambda lohi, shp=(): lohi[0] + (lohi[1] - lohi[0]) * u(shp)
+  d: dict[str, Any] = {}
+  d["class_index"] = jax.random.randint(next(keys), (), 0, len(spec.classes))
+  d["groups"] = []
+  for g in spec.groups:
+    lo = jnp.asarray(g.count_lo)[d["class_index"]]
+    hi = jnp.asarray(g.count_hi)[d["class_index"]]
+    count = lo + jnp.floor(u() * (hi - lo + 1)).astype(jnp.int32)
+    count = jnp.minimum(count, hi)
+    gd = dict(
+        active=jnp.arange(g.slots) < count,
+        axes_mm=g.radius_mm * urange(g.axis_factor, (g.slots, 3)),
+        sigma_mm=urange(g.sigma_mm, (g.slots,)),
+        ctrl=jnp.clip(jax.random.normal(next(keys), (g.slots, 3, 3, 3, 3)),
+                      -spec_lib.MAX_DISPLACEMENT_SIGMAS, spec_lib.MAX_DISPLACEMENT_SIGMAS),
+        center_u=u((g.slots,)),
+        free=u((g.slots,)) < (spec.exophytic_prob if g.exophytic else 0.0))
+    d["groups"].append(gd)
+  f = texture_factor(shape)
+  d["noise_a"] = u(tuple(n // f for n in shape))
+  # Bytes for the Bernoulli step, f^3 per coarse voxel (one per fine voxel), from 32-bit draws (cheaper).
+  coarse = tuple(n // f for n in shape)
+  words = jax.random.bits(next(keys), coarse + (max(f ** 3 // 4, 1),), jnp.uint32)
+  d["bits_b"] = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(coarse + (-1,))[..., :f ** 3]
+  d["sigma_a_mm"] = jnp.asarray(spec.texture_sigma_a_mm)[
+      jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_a_mm))]
+  d["sigma_b_mm"] = jnp.asarray(spec.texture_sigma_b_mm)[
+      jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_b_mm))]
+  d["scale"] = urange(spec.texture_scale)
+  d["base"] = urange(spec.texture_base)
+  d["u0"] = urange(spec.texture_u0)
+  d["edge_sigma_mm"] = urange(spec.edge_sigma_mm)
+  d["delta"] = urange(spec.delta)
+  d["mass_hu"] = urange(spec.mass_hu)
+  d["rel_r"] = urange(spec.relative_r)
+  return d
+
+
+def _candidate_levels(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -> list[jax.Array]:
+  """Centre candidates in order of preference (axial ranges, then the whole organ)."""
+  rmax_mm = spec.erosion_mm / spec_lib.MIN_SPACING_MM
+  rmax = (int(np.ceil(rmax_mm)), int(np.ceil(rmax_mm)), 0)
+  radius = jnp.round(spec.erosion_mm / spacing).astype(jnp.int32) * jnp.array([1, 1, 0])
+  eroded = ops.box_morphology(organ, radius, rmax, erode=True)
+  if spec.center_rule == "eroded":
+    base = eroded
+  elif spec.center_rule == "wall":
+    base = organ & ~eroded
+  else:
+    base = organ
+  z = jnp.arange(organ.shape[2], dtype=jnp.float32)
+  has_z = jnp.any(organ, axis=(0, 1))
+  zmin = jnp.min(jnp.where(has_z, z, jnp.inf))
+  zmax = jnp.max(jnp.where(has_z, z, -jnp.inf))
+  levels = []
+  for lo, hi in spec.axial_ranges:
+    in_range = (z >= zmin + lo * (zmax - zmin) - 1e-3) & (z <= zmin + hi * (zmax - zmin) + 1e-3)
+    levels.append(base & in_range[None, None, :])
+  levels.append(organ)
+  return levels
+
+
+def _pick_candidates(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -> jax.Array:
+  levels = _candidate_levels(organ, spacing, spec)
+  chosen = levels[-1]
+  for lvl in reversed(levels[:-1]):
+    chosen = jnp.where(jnp.any(lvl), lvl, chosen)
+  return chosen
+
+
+def cell_order(mask: jax.Array) -> jax.Array:
+  """Mask [X, Y, Z] -> [cells, CELL^3] (padded with False): the order centre uniforms index into."""
+  pad = [(0, (-n) % _CELL) for n in mask.shape]
+  m = jnp.pad(mask, pad)
+  a, b, c = (n // _CELL for n in m.shape)
+  m = m.reshape(a, _CELL, b, _CELL, c, _CELL).transpose(0, 2, 4, 1, 3, 5)
+  return m.reshape(a * b * c, _CELL ** 3)
+
+
+def sample_voxels(mask: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Voxel indices [S, 3] chosen uniformly among True voxels of mask by uniforms u [S]; and "any"."""
+  shape = mask.shape
+  cells = cell_order(mask)
+  counts = jnp.sum(cells, axis=1, dtype=jnp.int32)
+  csum = jnp.cumsum(counts)
+  total = csum[-1]
+  t = jnp.minimum(jnp.floor(u * total).astype(jnp.int32), jnp.maximum(total - 1, 0))
+  cell = jnp.searchsorted(csum, t, side="right")
+  cell = jnp.minimum(cell, cells.shape[0] - 1)
+  offset = t - (csum[cell] - counts[cell])
+  inner = jnp.cumsum(cells[cell].astype(jnp.int32), axis=1)         # [S, CELL^3]
+  within = jnp.argmax(inner > offset[:, None], axis=1)
+  nb = [(n + _CELL - 1) // _CELL for n in shape]
+  ci, cj, ck = cell // (nb[1] * nb[2]), (cell // nb[2]) % nb[1], cell % nb[2]
+  wi, wj, wk = within // (_CELL * _CELL), (within // _CELL) % _CELL, within % _CELL
+  idx = jnp.stack([ci * _CELL + wi, cj * _CELL + wj, ck * _CELL + wk], axis=1)
+  return idx, total > 0
+
+
+def _lagrange3(t: jax.Array) -> jax.Array:
+  """Quadratic interpolation weights through t = -1, 0, 1: [..., 3]."""
+  return jnp.stack([0.5 * t * (t - 1.0), 1.0 - t * t, 0.5 * t * (t + 1.0)], axis=-1)
+
+
+def shape_function(grids: list[jax.Array], center: jax.Array, axes_mm: jax.Array, disp_mm: jax.Array,
+                   radius_mm: float, spacing: jax.Array) -> jax.Array:
+  """sqrt of the deformed-ellipsoid function on the grid given by per-axis voxel coordinates.
+
+  Args:
+    grids: three float32 vectors of voxel coordinates (x, y, z).
+    center: float32 [3] voxel centre.
+    axes_mm: [3] semi-axes in mm.
+    disp_mm: [3 (component), 3, 3, 3] control-point displacements in mm at -2R, 0, 2R per axis.
+    radius_mm: the class's base radius R (the box is 4R per side).
+    spacing: [3] mm.
+
+  Returns:
+    [len(gx), len(gy), len(gz)]: < 1 inside the tumour (distance-like, so it interpolates well).
+  """
+  rel = [(g - center[a]) * spacing[a] for a, g in enumerate(grids)]                    # mm
+  w = [_lagrange3(jnp.clip(r / (2.0 * radius_mm), -1.0, 1.0)) for r in rel]
+  disp = jnp.einsum("mijk,xi,yj,zk->mxyz", disp_mm, w[0], w[1], w[2])
+  f = (jnp.square((rel[0][:, None, None] + disp[0]) / axes_mm[0])
+       + jnp.square((rel[1][None, :, None] + disp[1]) / axes_mm[1])
+       + jnp.square((rel[2][None, None, :] + disp[2]) / axes_mm[2]))
+  return jnp.sqrt(f)
+
+
+def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tuple[int, ...],
+                  spec: ProfileSpec) -> tuple[jax.Array, jax.Array | None]:
+  """Union shape function of one size group over the patch: (clipped-kind, exophytic-kind or None)."""
+  disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
+  want_free = g.exophytic and spec.exophytic_prob > 0
+  acc = jnp.full(shape, _FAR, jnp.float32)
+  acc_free = jnp.full(shape, _FAR, jnp.float32) if want_free else None
+  if spec_lib.use_box(g, shape):
+    sizes = [spec_lib.box_size(g, n) for n in shape]
+    for s in range(g.slots):
+      start = jnp.clip(centers[s] - jnp.asarray([b // 2 for b in sizes]), 0,
+                       jnp.asarray([n - b for n, b in zip(shape, sizes)]))
+      grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
+      q = shape_function(grids, centers[s].astype(jnp.float32), gd["axes_mm"][s], disp[s], g.radius_mm, spacing)
+      q = jnp.where(gd["active"][s], jnp.minimum(q, _FAR), _FAR)
+      for free, name in ((False, "acc"), (True, "acc_free")):
+        if free and not want_free:
+          continue
+        qq = jnp.where(gd["free"][s] == free, q, _FAR) if want_free else q
+        target = acc_free if free else acc
+        cur = jax.lax.dynamic_slice(target, start, sizes)
+        target = jax.lax.dynamic_update_slice(target, jnp.minimum(cur, qq), start)
+        if free:
+          acc_free = target
+        else:
+          acc = target
+    return acc, acc_free
+  step = spec_lib.coarse_step(g)
+  ups = [jnp.asarray(ops.linear_upsample_matrix(n, step)) for n in shape]
+  grids = [step * jnp.arange(u.shape[1], dtype=jnp.float32) for u in ups]
+  qs = jax.vmap(lambda c, ax, dd: shape_function(grids, c, ax, dd, g.radius_mm, spacing))(
+      centers.astype(jnp.float32), gd["axes_mm"], disp)
+  qs = jnp.where(gd["active"][:, None, None, None], jnp.minimum(qs, _FAR), _FAR)
+  if want_free:
+    fr = gd["free"][:, None, None, None]
+    return (ops.apply_separable(jnp.min(jnp.where(fr, _FAR, qs), axis=0), *ups),
+            ops.apply_separable(jnp.min(jnp.where(fr, qs, _FAR), axis=0), *ups))
+  return ops.apply_separable(jnp.min(qs, axis=0), *ups), None
+
+
+def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: ProfileSpec) -> jax.Array:
+  """Texture in [0, 1] over the patch (SYNTHESIS.md step 4), generated per sample.
+
+  Steps a-c run on the grid ``f`` times coarser: the blurred noise is smooth (sigma_a >= 3 mm), so each
+  coarse voxel's Bernoulli probability holds for its f^3 fine voxels and their f^3 Bernoulli draws are
+  summed there; step d blurs that sum straight back to full resolution (the same as blurring the fine
+  Bernoulli field, since sigma_b is several fine voxels).
+  """
+  f = texture_factor(shape)
+  coarse_pos = [f * jnp.arange(n // f, dtype=jnp.float32) + 0.5 * (f - 1) for n in shape]
+  sig_a = d["sigma_a_mm"] / spacing
+  a = ops.apply_separable(d["noise_a"], *[ops.gaussian_matrix(p, p, sig_a[i]) for i, p in enumerate(coarse_pos)])
+  a = (a - jnp.min(a)) / jnp.maximum(jnp.max(a) - jnp.min(a), 1e-6)
+  p = d["scale"] * a + d["base"]
+  hits = (d["bits_b"].astype(jnp.float32) + 0.5) < (p * 256.0)[..., None]
+  bern = jnp.mean(hits.astype(jnp.float32), axis=-1)
+  b = ops.coarse_to_fine_blur(bern, f, d["sigma_b_mm"] / spacing, shape)
+  above = b > spec.texture_threshold
+  mean_above = jnp.sum(jnp.where(above, b, 0.0)) / jnp.maximum(jnp.sum(above), 1)
+  beta = d["u0"] / jnp.maximum(mean_above, 1e-6)
+  return jnp.clip(b * beta, 0.0, 1.0)
+
+
+def _masked_mean(v, m, default):
+  n = jnp.sum(m)
+  return jnp.where(n > 0, jnp.sum(jnp.where(m, v, 0.0)) / jnp.maximum(n, 1), default)
+
+
+def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec: ProfileSpec
+           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """Deterministic part: draws -> (new image [X, Y, Z], tumour mask [X, Y, Z], intermediates)."""
+  shape = image.shape
+  spacing = spacing.astype(jnp.float32)
+  cand = _pick_candidates(organ, spacing, spec)
+  coords = [jnp.arange(n, dtype=jnp.float32) for n in shape]
+  box_center = []
+  for a in range(3):
+    has = jnp.any(organ, axis=tuple(b for b in range(3) if b != a))
+    box_center.append(0.5 * (jnp.min(jnp.where(has, coords[a], jnp.inf)) + jnp.max(jnp.where(has, coords[a], -jnp.inf))))
+  box_center = jnp.round(jnp.stack(box_center)).astype(jnp.int32)
+  organ_any = jnp.any(organ)
+  q = jnp.full(shape, _FAR, jnp.float32)
+  q_free = None
+  centers_out = []
+  for g, gd in zip(spec.groups, d["groups"]):
+    centers, _ = sample_voxels(cand, gd["center_u"])
+    if spec.large_at_box_center and g.name == "large":
+      centers = jnp.broadcast_to(box_center, centers.shape)
+    gd = dict(gd, active=gd["active"] & organ_any)
+    centers_out.append(jnp.where(gd["active"][:, None], centers, -1))
+    gq, gq_free = _group_fields(g, gd, centers, spacing, shape, spec)
+    q = jnp.minimum(q, gq)
+    if gq_free is not None:
+      q_free = gq_free if q_free is None else jnp.minimum(q_free, gq_free)
+  if spec.clip_margin_mm > 0:
+    r = int(np.ceil(spec.clip_margin_mm / spec_lib.MIN_SPACING_MM))
+    radius = jnp.round(spec.clip_margin_mm / spacing).astype(jnp.int32)
+    allowed = ops.box_morphology(organ, radius, (r, r, r), erode=False)
+  else:
+    allowed = organ
+  tumor = (q <= 1.0) & allowed
+  free = (q_free <= 1.0) if q_free is not None else None
+  if free is not None:
+    tumor = tumor | free
+  texture = make_texture(d, spacing, shape, spec)
+  sig_e = d["edge_sigma_mm"] / spacing
+  edge = ops.gaussian_blur(tumor.astype(jnp.float32), sig_e)
+  img = image.astype(jnp.float32)
+  organ_mean = _masked_mean(img, organ, 0.0)
+  if spec.intensity == "replace":
+    tissue = d["mass_hu"] + spec.mass_texture_hu * (texture - 0.5)
+    out = jnp.where(allowed, img + edge * (tissue - img), img)
+  else:
+    if spec.fat_fill:
+      fill = _masked_mean(img, organ & (img > spec.fat_hu_max), spec.fat_hu_max)
+      img_in = jnp.where(organ & (img <= spec.fat_hu_max), img + edge * (fill - img), img)
+    else:
+      img_in = img
+    if spec.contrast == "relative":
+      sig_l = 10.0 / spacing
+      local = ops.gaussian_blur(jnp.where(organ, img, 0.0), sig_l) / jnp.maximum(
+          ops.gaussian_blur(organ.astype(jnp.float32), sig_l), 1e-3)
+      local = jnp.maximum(local, 0.0)
+      interior = organ & ~tumor
+      resid = img - local
+      noise_std = jnp.sqrt(jnp.maximum(_masked_mean(resid ** 2, interior, 0.0) - _masked_mean(resid, interior, 0.0) ** 2, 0.0))
+      t_mean = _masked_mean(texture, tumor, 0.0)
+      t_std = jnp.sqrt(jnp.maximum(_masked_mean((texture - t_mean) ** 2, tumor, 1.0), 1e-6))
+      drop = edge * (d["rel_r"] * local + spec.relative_noise_k * noise_std * (texture - t_mean) / t_std)
+      tissue_mean = organ_mean * (1.0 - d["rel_r"])
+    else:
+      drop = texture * edge * d["delta"]
+      tissue_mean = organ_mean
+    out = jnp.where(organ, img_in - drop, img)
+    if free is not None:
+      edge_free = ops.gaussian_blur(free.astype(jnp.float32), sig_e)
+      tissue = tissue_mean - texture * (d["delta"] if spec.contrast == "absolute" else 0.0)
+      out = jnp.where(organ, out, img + edge_free * (tissue - img))
+  extras = dict(texture=texture, edge=edge, allowed=allowed, candidates=cand,
+                centers=jnp.concatenate(centers_out, axis=0) if centers_out else jnp.zeros((0, 3), jnp.int32))
+  return out, tumor, extras

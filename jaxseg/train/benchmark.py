@@ -1,0 +1,91 @@
+"""Train-step throughput on the current devices, for any config, without a data set.
+
+The batch is made up on the host (an organ-shaped sphere in soft-tissue HU, half the samples marked as
+control patches so the synthesizer runs as in training), so the same command measures a CPU, one GPU or a
+pod. Compile time is reported apart from the step time (median of repeated steps).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxseg import labels as labels_lib, parallel
+from jaxseg.models import build_model
+from jaxseg.train import state as state_lib
+from jaxseg.train.optim import make_optimizer
+from jaxseg.train.step import make_train_step
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
+  """A host batch shaped like the loader's: HU noise with an organ sphere, half of it control patches.
+
+  Returns:
+    image int16 [B, X, Y, Z], label uint8 [B, X, Y, Z], synth_organ int32 [B], spacing float32 [B, 3].
+  """
+  rng = np.random.default_rng(seed)
+  shape = tuple(config.data.patch_size)
+  organs = tuple(config.data.organs)
+  grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+  organ = (np.sum(grid ** 2, 0) < 0.5)
+  image = rng.normal(-80.0, 20.0, (batch_size, *shape))
+  image[:, organ] += 140.0
+  label = np.zeros((batch_size, *shape), np.uint8)
+  label[:, organ] = labels_lib.organ_label(organs, organs[0])
+  tumour = np.sum((grid - 0.2) ** 2, 0) < 0.05
+  label[1::2, tumour] = labels_lib.tumor_label(organs, organs[0])  # Odd samples: real tumour cases.
+  image[1::2, tumour] -= 60.0
+  synth_organ = np.where(np.arange(batch_size) % 2 == 0, 0, -1).astype(np.int32)
+  return {"image": image.astype(np.int16), "label": label, "synth_organ": synth_organ,
+          "spacing": np.tile(np.asarray(config.data.spacing, np.float32), (batch_size, 1))}
+
+
+def _peak_memory_bytes() -> int:
+  peaks = []
+  for d in jax.local_devices():
+    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"])
+  if peaks:
+    return int(max(peaks))
+  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # CPU: the process's peak RSS.
+
+
+def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 1) -> dict:
+  """Times the production train step for ``config`` on all devices.
+
+  Returns:
+    dict: device, num_devices, batch, patch, compile_s, step_s (median), patches_per_s, peak_memory_bytes
+    (device peak where the backend reports it, else the host process's peak RSS), num_params.
+  """
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  model = build_model(config.model, labels_lib.num_classes(tuple(config.data.organs)))
+  optimizer, schedule = make_optimizer(config.optim, max(config.train.num_steps, 1))
+  state = state_lib.init_state(config, model, optimizer, mesh)
+  step = make_train_step(config, model, optimizer, schedule, mesh)
+  batch = parallel.global_batch(synthetic_batch(config, config.data.batch_size), mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+          "num_devices": jax.device_count(), "batch": int(config.data.batch_size),
+          "patch": list(config.data.patch_size), "synth": bool(config.synth.enabled),
+          "compile_s": round(compile_s, 3), "step_s": round(step_s, 4),
+          "patches_per_s": round(config.data.batch_size / step_s, 3),
+          "peak_memory_bytes": _peak_memory_bytes(), "num_params": state_lib.count_params(state["params"]),
+          "loss": float(m["loss"])}

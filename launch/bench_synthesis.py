@@ -1,0 +1,35 @@
+"""Times the jitted synthesizer against the numpy baseline in one run and prints one JSON line.
+
+  python launch/bench_synthesis.py --organ=liver --size=medium --patch=96 --batch=2
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+from jaxseg.synth import bench
+
+_ORGAN = flags.DEFINE_string("organ", "liver", "Organ profile.")
+_SIZE = flags.DEFINE_string("size", "any", "Size class: tiny, small, medium, large, mix, or any (drawn).")
+_PATCH = flags.DEFINE_integer("patch", 96, "Cubic patch side in voxels.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Patches per jitted call (vmap).")
+_SPACING = flags.DEFINE_float("spacing", 1.0, "Isotropic voxel spacing in mm.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed jitted calls (median reported).")
+_NUMPY_REPEATS = flags.DEFINE_integer("numpy_repeats", 5, "Timed numpy calls (median reported).")
+
+
+def main(argv):
+  del argv
+  try:
+    result = bench.benchmark(_ORGAN.value, _SIZE.value, _PATCH.value, _BATCH.value, _SPACING.value,
+                             _REPEATS.value, _NUMPY_REPEATS.value)
+  except ValueError as e:
+    sys.exit(f"bench_synthesis: {e}")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

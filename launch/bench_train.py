@@ -1,0 +1,40 @@
+"""Prints train-step throughput for a config on the current devices, as one JSON line.
+
+  python launch/bench_train.py --config=configs/phantom.py
+  python launch/bench_train.py --config=configs/default.py --config.data.batch_size=2   # on a GPU
+  python launch/bench_train.py --config=configs/phantom.py --compare_synth   # synthesis on vs off
+
+Fields: compile_s, step_s (median), patches_per_s, peak_memory_bytes, num_params; with --compare_synth
+both runs and the ratio of step times (synthesis on / off) measured in the same process.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxseg import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :variant.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported).")
+_COMPARE = flags.DEFINE_bool("compare_synth", False, "Also time the step with synthesis off.")
+flags.mark_flags_as_required(["config"])
+
+
+@cli.user_errors
+def main(argv):
+  del argv
+  cli.init_processes()
+  from jaxseg.train.benchmark import measure_train_step  # pylint: disable=import-outside-toplevel
+  config = _CONFIG.value
+  result = measure_train_step(config, steps=_STEPS.value)
+  if _COMPARE.value:
+    on = result
+    config.synth.enabled = False
+    off = measure_train_step(config, steps=_STEPS.value)
+    result = {"synth_on": on, "synth_off": off, "step_time_ratio_on_over_off": round(on["step_s"] / off["step_s"], 3)}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

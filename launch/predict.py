@@ -1,0 +1,33 @@
+"""Segments CT files with a trained run; writes NIfTI label maps on each input's own grid and affine.
+
+  python launch/predict.py --workdir=runs/phantom --input=/data/ct.nii.gz --output=/tmp/pred
+  python launch/predict.py --workdir=runs/phantom --input=/data/cts/ --output=/tmp/pred --checkpoint=best
+"""
+
+from absl import app, flags
+
+from jaxseg import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a trained run.", required=True)
+_INPUT = flags.DEFINE_string("input", None, "A CT (.nii.gz/.nii) or a folder of them.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for the predictions.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint step, 'best', or unset for the latest.")
+
+
+@cli.user_errors
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxseg import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from jaxseg.infer.predict import predict_files  # pylint: disable=g-import-not-at-top
+  step = _CHECKPOINT.value
+  step = int(step) if step and step.isdigit() else step
+  mesh = parallel.make_mesh(jax.local_devices())
+  config, params, used = checkpoint.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
+  written = predict_files(config, params, _INPUT.value, _OUTPUT.value, mesh=mesh)
+  print(f"wrote {len(written)} prediction(s) of checkpoint {used} to {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,37 @@
+"""Puts synthetic tumours into a CT and writes the CT, the tumour mask (NIfTI, input affine) and a montage.
+
+  python launch/synthesize.py --image=ct.nii.gz --organ_mask=liver.nii.gz --organ=liver --out=out/ \
+      [--seed=0] [--size=medium] [--mask_labels=5] [--contrast=relative]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+from jaxseg.synth import nifti_tool
+
+_IMAGE = flags.DEFINE_string("image", None, "CT NIfTI in HU.", required=True)
+_MASK = flags.DEFINE_string("organ_mask", None, "Organ mask NIfTI on the same grid.", required=True)
+_ORGAN = flags.DEFINE_string("organ", "liver", "Organ profile.")
+_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_SIZE = flags.DEFINE_string("size", None, "Size class (tiny, small, medium, large, mix); default: drawn.")
+_LABELS = flags.DEFINE_list("mask_labels", [], "Label ids of the organ in a label-map mask (default: > 0).")
+_CONTRAST = flags.DEFINE_enum("contrast", "absolute", ["absolute", "relative"], "Contrast rule.")
+
+
+def main(argv):
+  del argv
+  try:
+    summary = nifti_tool.synthesize_file(_IMAGE.value, _MASK.value, _ORGAN.value, _OUT.value, _SEED.value,
+                                         _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value)
+  except ValueError as e:
+    sys.exit(f"synthesize: {e}")
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)

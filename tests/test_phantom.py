@@ -1,0 +1,90 @@
+"""The phantom data set: layout, anatomy, visible lesions from its own model, OOD variant, idempotent setup."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import ml_collections
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxseg.data import cache
+from jaxseg.data.phantom import ensure_phantoms, lesion_plan, make_phantoms
+from jaxseg.data.prepare import prepare_data
+from jaxseg.io.layouts import read_layout
+
+
+def _canon(path):
+  return np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj)
+
+
+def test_phantoms_are_atlas_cases_with_visible_lesions(tmp_path):
+  out = str(tmp_path / "ph")
+  make_phantoms(out, num_cases=2, seed=0, tumor_fraction=1.0)
+  recs = read_layout("atlas", out)
+  assert [r.case_id for r in recs] == ["BDMAP_00000001", "BDMAP_00000002"]
+  for r in recs:
+    assert {"liver", "pancreas", "kidney", "colon", "esophagus"} <= set(r.organs)
+    ct = _canon(r.image)
+    assert ct.dtype == np.int16 and 40 <= min(ct.shape) and max(ct.shape) <= 160
+    seg = os.path.join(out, r.case_id, "segmentations")
+    liver = _canon(os.path.join(seg, "liver.nii.gz")) > 0
+    tumour = _canon(os.path.join(seg, "liver_tumor.nii.gz")) > 0
+    assert tumour.any() and (tumour & ~liver).sum() == 0
+    liver_hu = np.median(ct[liver & ~tumour])
+    assert 85 < liver_hu < 145  # portal-venous liver
+    assert np.median(ct[tumour]) < liver_hu - 10  # hypodense metastases
+    assert np.median(ct[_canon(os.path.join(seg, "aorta.nii.gz")) > 0]) > 120
+    assert (ct < -900).mean() > 0.05  # air around the body
+  with open(os.path.join(out, "phantoms.json")) as f:
+    assert json.load(f)["num_cases"] == 2
+
+
+def test_seed_determinism_plan_and_ood(tmp_path):
+  make_phantoms(str(tmp_path / "a"), 1, seed=3)
+  make_phantoms(str(tmp_path / "b"), 1, seed=3)
+  make_phantoms(str(tmp_path / "c"), 1, seed=3, ood=True)
+  a = np.asarray(nib.load(str(tmp_path / "a/BDMAP_00000001/ct.nii.gz")).dataobj)
+  b = np.asarray(nib.load(str(tmp_path / "b/BDMAP_00000001/ct.nii.gz")).dataobj)
+  np.testing.assert_array_equal(a, b)
+  liver_pv = _canon(str(tmp_path / "a/BDMAP_00000001/ct.nii.gz"))[
+      _canon(str(tmp_path / "a/BDMAP_00000001/segmentations/liver.nii.gz")) > 0]
+  liver_ood = _canon(str(tmp_path / "c/BDMAP_00000001/ct.nii.gz"))[
+      _canon(str(tmp_path / "c/BDMAP_00000001/segmentations/liver.nii.gz")) > 0]
+  assert np.median(liver_ood) < np.median(liver_pv) - 25  # unenhanced phase
+  plan = lesion_plan(20, 0, 0.5, False)
+  assert all(sum(o in p for p in plan) == 10 for o in ("liver", "kidney", "uterus"))
+
+
+def _cfg(root, n=2):
+  c = ml_collections.ConfigDict(dict(layout="phantom", root=root, cache_dir="", organs=("liver",),
+                                     spacing=(4.0, 4.0, 4.0), preprocess_workers=1))
+  c.phantom = ml_collections.ConfigDict(dict(num_cases=n, seed=0, tumor_fraction=0.5, ood=False))
+  return c
+
+
+def test_ensure_phantoms_is_idempotent_and_atomic(tmp_path):
+  root = str(tmp_path / "phantoms")
+  assert ensure_phantoms(_cfg(root)) == root
+  stamp = os.path.getmtime(os.path.join(root, "BDMAP_00000001", "ct.nii.gz"))
+  ensure_phantoms(_cfg(root))
+  assert os.path.getmtime(os.path.join(root, "BDMAP_00000001", "ct.nii.gz")) == stamp
+  assert not glob.glob(str(tmp_path / ".tmp-*"))
+  with pytest.raises(ValueError, match="config asks for"):
+    ensure_phantoms(_cfg(root, n=3))
+  half = str(tmp_path / "half")
+  os.makedirs(os.path.join(half, "BDMAP_00000001"))
+  with pytest.raises(ValueError, match="not a complete phantom set"):
+    ensure_phantoms(_cfg(half))
+
+
+def test_prepare_data_phantom_end_to_end(tmp_path):
+  cfg = _cfg(str(tmp_path / "ph"))
+  cache_dir = prepare_data(cfg)
+  assert cache_dir == str(tmp_path / "ph") + "_cache_4x4x4"
+  cases = cache.list_cases(cache_dir)
+  assert len(cases) == 2 and {c["organs"]["liver"] for c in cases} == {"tumor", "control"}
+  assert prepare_data(cfg) == cache_dir  # second call: complete, nothing redone

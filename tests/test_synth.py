@@ -1,0 +1,216 @@
+"""Tests of the tumour synthesizer against SYNTHESIS.md, over many keys, at tiny patch sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseg.synth import apply_synthesis, default_profiles_config, synthesize
+from jaxseg.synth import reference_numpy as ref
+from jaxseg.synth import spec as spec_lib
+from jaxseg.synth import synthesizer as sy
+
+N = 32
+
+
+def _phantom(n=N, seed=0):
+  g = (np.arange(n) - (n - 1) / 2) / (n / 2)
+  x, y, z = np.meshgrid(g, g, g, indexing="ij")
+  organ = (x / 0.85) ** 2 + (y / 0.75) ** 2 + (z / 0.8) ** 2 < 1.0
+  img = np.where(organ, 100.0, -100.0) + np.random.default_rng(seed).normal(0, 8, organ.shape)
+  return img.astype(np.float32), organ
+
+
+def _render_many(spec, spacing, keys, n=N):
+  img, organ = _phantom(n)
+
+  def one(k):
+    d = sy.draw(k, spec, img.shape)
+    out, tumor, ex = sy.render(jnp.asarray(img), jnp.asarray(organ), jnp.asarray(spacing, jnp.float32), d, spec)
+    return out, tumor, ex["edge"], ex["centers"], ex["candidates"], d
+
+  return img, organ, jax.jit(jax.vmap(one))(keys)
+
+
+def test_counts_per_class_follow_profile():
+  spec = spec_lib.make_spec(default_profiles_config().liver, name="liver")
+  d = jax.jit(jax.vmap(lambda k: sy.draw(k, spec, (8, 8, 8))))(jax.random.split(jax.random.key(0), 400))
+  cls = np.asarray(d["class_index"])
+  assert set(cls) == set(range(5))
+  for g, gd in zip(spec.groups, d["groups"]):
+    counts = np.asarray(gd["active"]).sum(axis=1)
+    for c in range(5):
+      lo, hi = g.count_lo[c], g.count_hi[c]
+      sel = counts[cls == c]
+      assert sel.min() >= lo and sel.max() <= hi, (g.name, spec.classes[c])
+      if hi > lo:
+        assert sel.min() == lo and sel.max() == hi, (g.name, spec.classes[c], sel)
+    ax = np.asarray(gd["axes_mm"]) / g.radius_mm
+    assert ax.min() >= 0.75 and ax.max() <= 1.25 and ax.max() - ax.min() > 0.4
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 2.0, 3.0)])
+def test_semi_axes_in_mm_at_two_spacings(spacing):
+  p = default_profiles_config().liver
+  p.classes = ("small",)
+  p.counts.small = (1, 1)
+  p.elastic_sigma_mm.small = (0.0, 0.0)
+  spec = spec_lib.make_spec(p, name="liver")
+  img = np.zeros((N, N, N), np.float32)
+  organ = np.ones((N, N, N), bool)
+  keys = jax.random.split(jax.random.key(1), 6)
+  fn = jax.jit(jax.vmap(lambda k: (sy.render(jnp.asarray(img), jnp.asarray(organ), jnp.asarray(spacing), d := sy.draw(
+      k, spec, img.shape), spec)[1], d["groups"][0]["axes_mm"][0])))
+  tumors, axes = fn(keys)
+  for t, a in zip(np.asarray(tumors), np.asarray(axes)):
+    idx = np.nonzero(t)
+    for k in range(3):
+      lo, hi = idx[k].min(), idx[k].max()
+      if lo == 0 or hi == N - 1:
+        continue  # cut by the patch
+      extent = (hi - lo + 1) * spacing[k]
+      assert abs(extent - 2 * a[k]) <= 2 * spacing[k], (k, extent, a[k])
+
+
+def test_centres_clipping_contrast_and_locality():
+  spec = spec_lib.make_spec(default_profiles_config().liver, name="liver")
+  img, organ, (out, tumor, edge, centers, cand, d) = _render_many(spec, (1.5, 1.5, 2.0),
+                                                                   jax.random.split(jax.random.key(2), 12))
+  out, tumor, edge, centers, cand = map(np.asarray, (out, tumor, edge, centers, cand))
+  zs = np.nonzero(organ.any(axis=(0, 1)))[0]
+  zlo, zhi = zs.min() + 0.3 * (zs.max() - zs.min()), zs.min() + 0.7 * (zs.max() - zs.min())
+  for i in range(len(out)):
+    c = centers[i][centers[i][:, 0] >= 0]
+    assert len(c) > 0
+    assert cand[i][tuple(c.T)].all()                      # centre among candidates (eroded organ)
+    assert ((c[:, 2] >= zlo - 1e-3) & (c[:, 2] <= zhi + 1e-3)).all()  # middle 40% of the axial extent
+    assert not (tumor[i] & ~organ).any()                  # clipped to the organ
+    diff = out[i] - img
+    assert (diff[~organ] == 0).all()                      # unchanged outside the organ
+    assert (np.abs(diff[edge[i] < 1e-4]) < 0.05).all()   # unchanged away from the soft edge
+    assert diff.min() >= -145.0 - 1e-3 and diff.max() <= 1e-3   # hypodense, at most the largest delta
+    delta = float(d["delta"][i])
+    assert 65.0 <= delta <= 145.0
+    assert -diff.min() <= delta + 1e-3
+  assert tumor.any(axis=(1, 2, 3)).all()
+
+
+def test_colon_margin_and_kidney_exophytic():
+  prof = default_profiles_config()
+  img, organ, (out, tumor, *_rest) = _render_many(spec_lib.make_spec(prof.colon, name="colon"), (2.0, 2.0, 2.0),
+                                                  jax.random.split(jax.random.key(3), 6))
+  from scipy import ndimage
+  allowed = ndimage.binary_dilation(organ, np.ones((11, 11, 11), bool))   # 10 mm at 2 mm: 5 voxels each side
+  assert not (np.asarray(tumor) & ~allowed).any()
+  assert (np.asarray(tumor) & ~organ).any()   # wall thickening does grow outward
+  kspec = spec_lib.make_spec(prof.kidney, name="kidney", size_class="large")
+  img, organ, (out, tumor, *_rest) = _render_many(kspec, (3.0, 3.0, 3.0), jax.random.split(jax.random.key(4), 8))
+  outside = (np.asarray(tumor) & ~organ).any(axis=(1, 2, 3))
+  assert 0 < outside.sum() < len(outside)   # exophytic about half of the time
+
+
+def test_jit_vmap_equals_one_by_one_and_is_deterministic():
+  prof = default_profiles_config().pancreas
+  img, organ = _phantom()
+  sp = jnp.asarray([1.0, 1.0, 1.0])
+  keys = jax.random.split(jax.random.key(5), 3)
+  fn = lambda i, o, s, k: synthesize(i, o, s, k, prof)
+  batched = jax.jit(jax.vmap(fn, in_axes=(None, None, None, 0)))(img, organ, sp, keys)
+  single = jax.jit(fn)
+  for b in range(3):
+    o, t = single(img, organ, sp, keys[b])
+    np.testing.assert_allclose(np.asarray(o), np.asarray(batched[0][b]), atol=1e-3)
+    assert (np.asarray(t) == np.asarray(batched[1][b])).all()
+  o2, t2 = single(img, organ, sp, keys[0])
+  assert (np.asarray(o2) == np.asarray(single(img, organ, sp, keys[0])[0])).all()
+
+
+def test_matches_numpy_oracle_on_same_draws():
+  prof = default_profiles_config()
+  img, organ = _phantom(40)
+  sp = np.array([1.5, 1.5, 2.0])
+  for name in ("liver", "kidney", "colon"):
+    spec = spec_lib.make_spec(prof[name], name=name)
+    d = sy.draw(jax.random.key(7), spec, img.shape)
+    out, tumor, _ = jax.jit(lambda d: sy.render(jnp.asarray(img), jnp.asarray(organ), jnp.asarray(sp, jnp.float32),
+                                                d, spec))(d)
+    nd, noise, bern = ref.draws_to_numpy(d, img.shape)
+    o2, t2 = ref.render_numpy(img, organ, sp, nd, spec, noise, bern)
+    tumor = np.asarray(tumor)
+    assert t2.sum() > 0
+    assert (tumor & t2).sum() / (tumor | t2).sum() > 0.95, name
+    assert np.abs(np.asarray(out) - o2)[t2].mean() < 4.0, name
+
+
+def test_apply_synthesis_labels_and_control():
+  import ml_collections
+  organs = ("liver", "kidney")
+  img, organ = _phantom()
+  labels = np.where(organ, 3, 0).astype(np.int32)            # kidney = organ 1 -> label 3
+  images = np.stack([img, img, img])
+  labs = np.stack([labels, labels, labels])
+  cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute",
+                                       profiles=default_profiles_config()))
+  keys = jax.random.split(jax.random.key(8), 3)
+  fn = jax.jit(lambda *a: apply_synthesis(*a, organs, cfg))
+  oi, ol = fn(images, labs, jnp.asarray([1, -1, 1], jnp.int32), jnp.ones((3, 3)), keys)
+  oi, ol = np.asarray(oi), np.asarray(ol)
+  assert (oi[1] == images[1]).all() and (ol[1] == labs[1]).all()
+  for b in (0, 2):
+    assert (ol[b] == 4).any()
+    assert set(np.unique(ol[b])) <= {0, 3, 4}
+  cfg.prob = 0.0
+  oi, ol = jax.jit(lambda *a: apply_synthesis(*a, organs, cfg))(images, labs, jnp.asarray([1, 1, 1], jnp.int32),
+                                                                  jnp.ones((3, 3)), keys)
+  assert (np.asarray(ol) == labs).all()
+
+
+def test_same_key_same_tumour_on_1_and_4_devices():
+  code = textwrap.dedent("""
+      import os, sys
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+      import jax, jax.numpy as jnp, numpy as np, ml_collections
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      sys.path.insert(0, os.getcwd())
+      from jaxseg.synth import apply_synthesis, default_profiles_config
+      n = 24
+      g = (np.arange(n) - (n - 1) / 2) / (n / 2)
+      x, y, z = np.meshgrid(g, g, g, indexing="ij")
+      organ = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 0.8) ** 2 < 1
+      imgs = np.stack([np.where(organ, 100.0, -100.0).astype(np.float32)] * 4)
+      labs = np.stack([organ.astype(np.int32)] * 4)
+      cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute",
+                                           profiles=default_profiles_config()))
+      keys = jax.random.split(jax.random.key(11), 4)
+      args = (imgs, labs, np.zeros(4, np.int32), np.ones((4, 3), np.float32))
+      f = jax.jit(lambda a, b, c, d, k: apply_synthesis(a, b, c, d, k, ("liver",), cfg))
+      one = f(*args, keys)
+      mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+      sh = NamedSharding(mesh, P("data"))
+      put = [jax.device_put(a, sh) for a in args]
+      four = f(*put, jax.device_put(keys, sh))
+      assert len(four[0].sharding.device_set) == 4
+      assert np.array_equal(np.asarray(one[1]), np.asarray(four[1]))
+      assert np.allclose(np.asarray(one[0]), np.asarray(four[0]), atol=1e-3)
+      print("OK")
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
+  assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_bad_profile_is_a_clear_error():
+  p = default_profiles_config().liver
+  p.center_rule = "middle"
+  with pytest.raises(ValueError, match="center_rule"):
+    spec_lib.make_spec(p, name="liver")
+  with pytest.raises(ValueError, match="size class"):
+    spec_lib.make_spec(default_profiles_config().colon, name="colon", size_class="tiny")

@@ -1,0 +1,50 @@
+"""The jitted, sharded train step: the same on 1 and 4 devices, and bad configs named in one line."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxseg.config_checks import ConfigError, check_config
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tiny_config import tiny_config  # noqa: E402
+
+HERE = os.path.dirname(__file__)
+
+
+def _run_worker(tmp_path, devices: int) -> dict:
+  out = str(tmp_path / f"step_{devices}.npz")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, os.path.join(HERE, "step_worker.py"), out], env=env, check=True,
+                 timeout=600)
+  return dict(np.load(out))
+
+
+def test_step_is_the_same_on_1_and_4_devices(tmp_path):
+  one, four = _run_worker(tmp_path, 1), _run_worker(tmp_path, 4)
+  assert int(one["devices"]) == 1 and int(four["devices"]) == 4
+  assert np.isfinite(one["losses"]).all()
+  assert one["losses"][1] != one["losses"][0]  # The update changed the model.
+  np.testing.assert_allclose(one["losses"], four["losses"], rtol=1e-5)
+  keys = [k for k in one if k not in ("losses", "devices")]
+  assert keys
+  for k in keys:
+    np.testing.assert_allclose(one[k], four[k], atol=1e-6, rtol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("field,value,devices,match", [
+    ("model.name", "vnet", 1, "model.name"),
+    ("data.patch_size", (15, 16, 16), 1, "data.patch_size"),
+    ("data.batch_size", 3, 2, "data.batch_size"),
+    ("data.organs", ("lung",), 1, "data.organs"),
+    ("optim.name", "lamb", 1, "optim.name"),
+])
+def test_bad_config_names_the_field(field, value, devices, match):
+  c = tiny_config()
+  section, name = field.split(".")
+  c[section][name] = value
+  with pytest.raises(ConfigError, match=match):
+    check_config(c, devices)
