@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 
-import nibabel as nib
 import numpy as np
 import pytest
 

@@ -240,8 +240,7 @@ class _Case:
       img[core & (self.coarse_noise(2, 0.7) > -0.3)] = hu["medulla"]
     if uterus is not None:
       img[uterus] = hu["uterus"]
-    img[post | vert] = img[post | vert]  # spine last wins over warped organs
-    img[shell] = hu["cortical"]
+    img[shell] = hu["cortical"]  # the vertebral cortex stays on top of warped organs
     self.masks.update(liver=liver, spleen=spleen, kidney_right=kid_r & ~vert, kidney_left=kid_l & ~vert,
                       pancreas=pancreas, stomach=stomach, colon=colon, esophagus=esophagus, bladder=bladder)
     if uterus is not None:
@@ -327,7 +326,7 @@ class _Case:
 def _orientation(shape, spacing, origin_mm, rng: np.random.Generator, ood: bool):
   """A random storage orientation: returns (axis permutation, flips, affine) for an RAS-indexed array."""
   perm = (2, 1, 0) if ood and rng.random() < 0.5 else (0, 1, 2)
-  flips = [bool(f) for f in rng.choice([[0, 0, 0], [1, 1, 0], [1, 0, 0]])] + []
+  flips = [bool(f) for f in rng.choice([[0, 0, 0], [1, 1, 0], [1, 0, 0]])]  # RAS, LPS, LAS
   ras = np.diag(list(spacing) + [1.0])
   ras[:3, 3] = origin_mm
   for ax, f in enumerate(flips):

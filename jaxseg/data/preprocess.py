@@ -24,7 +24,7 @@ import tqdm
 from jaxseg import labels as label_space
 from jaxseg.data import cache
 from jaxseg.data.geometry import to_canonical
-from jaxseg.data.reading import CaseError, find_duplicates, read_case
+from jaxseg.data.reading import find_duplicates, read_case
 from jaxseg.io.layouts import CaseRecord, read_layout
 from jaxseg.io.nifti import DataError, load_nifti, read_array, spatial_shape
 

@@ -148,7 +148,8 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
 
   Each input is reoriented to RAS+ and resampled to ``config.data.spacing``, segmented with
   ``predict_volume``, mapped back (nearest neighbour) onto the input's voxel grid and written as
-  ``<output_dir>/<name>.nii.gz`` (uint8, the input's affine). ``scores.json`` holds every case's tumour
+  ``<output_dir>/<name>.nii.gz`` (uint8, the input's affine; <name> is the file name without suffix, or
+  <parent folder>_<name> when inputs share file names). ``scores.json`` holds every case's tumour
   scores by tumour name.
 
   Args:
@@ -167,14 +168,17 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
   names = labels_lib.class_names(organs)
   os.makedirs(output_dir, exist_ok=True)
   written, all_scores = [], {}
-  for path in tqdm.tqdm(files, desc="predict", unit="case", disable=not progress):
+  names_out = [case_name(f) for f in files]
+  if len(set(names_out)) < len(names_out):  # e.g. AbdomenAtlas: every case is <case>/ct.nii.gz
+    names_out = [f"{os.path.basename(os.path.dirname(os.path.abspath(f)))}_{n}" for f, n in zip(files, names_out)]
+  for path, name in tqdm.tqdm(list(zip(files, names_out)), desc="predict", unit="case", disable=not progress):
     image, meta = preprocess_image(path, tuple(config.data.spacing))
     labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)
     back = geometry.from_canonical(labels, meta, order=0)
-    out = os.path.join(output_dir, case_name(path) + ".nii.gz")
+    out = os.path.join(output_dir, name + ".nii.gz")
     nifti.save_nifti(back.astype(np.uint8), np.asarray(meta["original_affine"]), out, dtype=np.uint8)
     written.append(out)
-    all_scores[case_name(path)] = {names[i]: s for i, s in scores.items()}
+    all_scores[name] = {names[i]: s for i, s in scores.items()}
   with open(os.path.join(output_dir, "scores.json"), "w") as f:
     json.dump(all_scores, f, indent=2)
   return written
