@@ -10,20 +10,35 @@ from absl import flags, logging
 
 from jaxseg import parallel
 
-_COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs).")
+_COORD = flags.DEFINE_string("coordinator_address", "",
+                              "host:port of process 0 (multi-process runs), or auto: let JAX detect the "
+                              "cluster (TPU VM pod slices, Open MPI; SLURM job steps are detected without it).")
 _NPROC = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
 _PID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process runs).")
 _LOCAL_DEVICES = flags.DEFINE_integer("local_device_count", 0,
                                       "CPU only: host devices per process (testing on one machine).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                                  "Multi-process: seconds after which a silent process counts as dead and "
+                                  "the others stop with an error.")
 _ALL_LOGS = flags.DEFINE_bool("log_all_processes", False, "Log from every process, not only the first.")
 
 # Errors a user can cause with a flag, a config value or a data set: reported in one line.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, KeyError)
 
 
+class _QuietLibraries:
+  """Drops the INFO chatter of Orbax and Grain (dozens of lines per save); their warnings still show."""
+
+  def filter(self, record) -> bool:
+    path = getattr(record, "pathname", "") or ""
+    return record.levelno >= 30 or not any(p in path for p in ("/orbax/", "/grain/", "/etils/"))
+
+
 def init_processes() -> None:
   """Joins a multi-process run when asked (flags, SLURM, TPU VM); quiets the logs of other processes."""
-  parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value,
+                                  heartbeat_timeout_s=_HEARTBEAT.value)
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() != 0 and not _ALL_LOGS.value:
     logging.set_verbosity(logging.WARNING)

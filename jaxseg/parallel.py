@@ -49,38 +49,60 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
-                           local_device_count: int = 0, timeout_s: int = 300) -> bool:
+                           local_device_count: int = 0, timeout_s: int = 300,
+                           heartbeat_timeout_s: int = 100) -> bool:
   """Joins a multi-process JAX run when flags or the environment ask for one.
 
-  Explicit flags win; otherwise JAX's own detection covers SLURM (SLURM_* variables) and TPU VMs, and
-  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are read here for plain launchers.
+  Explicit arguments win, then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (plain
+  launchers). Otherwise JAX's own detection is used inside a SLURM job step with several tasks (srun sets
+  SLURM_PROCID), and everywhere when ``coordinator_address`` is "auto" (TPU VM pod slices, Open MPI).
   Must run before any other JAX call.
 
+  When a process dies, the coordination service notices within ``heartbeat_timeout_s`` and the others
+  stop with an error naming the dead task instead of waiting in a collective forever.
+
   Args:
-    coordinator_address: host:port of process 0.
+    coordinator_address: host:port of process 0, or "auto" to let JAX detect the cluster.
     num_processes: total number of processes.
     process_id: this process's index.
     local_device_count: CPU only: how many host devices this process exposes (for tests on one machine).
-    timeout_s: how long to wait for all processes at start-up and at shutdown barriers.
+    timeout_s: how long to wait for all processes to join at start-up.
+    heartbeat_timeout_s: how long a silent process is tolerated before the run is declared failed.
   Returns:
     True when running multi-process.
+  Raises:
+    ValueError: an incomplete or inconsistent process specification (the message names the flag).
   """
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
   if process_id < 0:
     process_id = int(os.environ.get("JAX_PROCESS_ID", "-1") or -1)
+  if local_device_count < 0:
+    raise ValueError(f"local_device_count: {local_device_count} is negative")
   if local_device_count:
     jax.config.update("jax_num_cpu_devices", int(local_device_count))
-  if coordinator_address and num_processes > 1:
-    if process_id < 0:
-      raise ValueError("process_id: a multi-process run needs --process_id (or JAX_PROCESS_ID)")
+  timeouts = {"initialization_timeout": int(timeout_s), "heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
+  if coordinator_address == "auto":
+    jax.distributed.initialize(**timeouts)  # JAX detects TPU VMs, SLURM and Open MPI itself.
+    return jax.process_count() > 1
+  if coordinator_address or num_processes > 1 or process_id >= 0:
+    if not coordinator_address or num_processes < 1:
+      raise ValueError("coordinator_address: a multi-process run needs --coordinator_address=host:port and "
+                       "--num_processes (or JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES)")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id: {process_id} is not in [0, {num_processes}); pass --process_id "
+                       "(or JAX_PROCESS_ID)")
+    if num_processes == 1:
+      return False
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=timeout_s)
+                               process_id=process_id, **timeouts)
     return True
-  if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize(initialization_timeout=timeout_s)  # JAX reads SLURM's variables.
-    return True
-  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    jax.distributed.initialize(initialization_timeout=timeout_s)  # TPU VM pod slice.
+  if _in_slurm_step() and int(os.environ["SLURM_NTASKS"]) > 1:
+    jax.distributed.initialize(**timeouts)  # JAX reads SLURM's variables (coordinator, count, id, GPUs).
     return True
   return False
+
+
+def _in_slurm_step() -> bool:
+  """Inside ``srun`` (not merely in an allocation's shell, where SLURM_JOB_ID is set too)."""
+  return all(v in os.environ for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID"))

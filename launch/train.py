@@ -3,12 +3,11 @@
   python launch/train.py --config=configs/phantom.py --workdir=runs/phantom
   python launch/train.py --config=configs/phantom.py:smoke --workdir=/tmp/smoke --config.train.num_steps=5
 
-Rerunning the same command resumes from the work directory's last checkpoint.
+Rerunning the same command resumes from the work directory's last checkpoint. At the end the final
+checkpoint is evaluated on the held-out cases and a short summary is printed.
 """
 
-import json
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxseg import cli
@@ -23,9 +22,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.init_processes()
-  from jaxseg.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from jaxseg.train.loop import train_and_evaluate, format_summary  # pylint: disable=import-outside-toplevel
   summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    print(format_summary(summary))
 
 
 if __name__ == "__main__":

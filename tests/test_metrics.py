@@ -153,7 +153,8 @@ def test_tumor_detection_by_size():
   assert not any(x["detected"] for x in det["tumors"])
   # Spacing enters the volume: the same voxels at 3 mm are 27x larger.
   det = detection.tumor_detection(gt, pred, (3.0, 3.0, 3.0))
-  assert sorted(x["bin"] for x in det["tumors"]) == ["gt20", "gt20", "gt20", "lt10"]  # 3.7, 29.8, 48.4, 47.0 mm
+  # Equivalent diameters 3.7, 29.8, 48.4 and 47.0 mm.
+  assert sorted(x["bin"] for x in det["tumors"]) == ["gt20", "gt20", "gt20", "lt10"]
 
 
 def test_diagonal_touching_voxels_are_one_tumour():
@@ -233,3 +234,22 @@ def test_parse_labels():
   for bad in ("liver", "liver:x", "liver:0", "a:1,a:2", ""):
     with pytest.raises(ValueError, match="--labels"):
       evaluation.parse_labels(bad)
+
+
+def test_multi_organ_rows_and_summary_keys():
+  labels = evaluation.labels_for_organs(("liver", "pancreas"))
+  assert [(l.name, l.id, l.is_tumor) for l in labels] == [
+      ("liver", 1, False), ("liver_tumor", 2, True), ("pancreas", 3, False), ("pancreas_tumor", 4, True)]
+  gt = np.zeros((16, 16, 16), np.uint8)
+  gt[1:7, 1:7, 1:7] = 1
+  gt[9:15, 9:15, 9:15] = 3
+  gt[11:13, 11:13, 11:13] = 4
+  pred = gt.copy()
+  pred[11:13, 11:13, 11:13] = 3          # pancreas tumour missed
+  rows, tumors = evaluation.evaluate_case("x", gt, pred, (1, 1, 1), labels)
+  assert [r["label"] for r in rows] == ["liver", "liver_tumor", "pancreas", "pancreas_tumor"]
+  assert len(tumors) == 1 and tumors[0]["label"] == "pancreas_tumor" and not tumors[0]["detected"]
+  s = evaluation.summarize(rows, labels, num_bootstrap=10)
+  assert s["organ_dsc"] == 1.0 and math.isnan(s["tumor_dsc"])       # headline: the first organ (liver)
+  assert s["pancreas_tumor/dsc"] == 0.0 and s["pancreas_tumor/tumor_sensitivity"] == 0.0
+  assert s["pancreas/dsc"] < 1.0

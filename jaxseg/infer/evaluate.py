@@ -64,7 +64,8 @@ def evaluate_cases(config: ml_collections.ConfigDict, params, cache_dir: str, ca
   for case_id in tqdm.tqdm(ids, desc="evaluate", unit="case", disable=not progress):
     image, label, meta = cache.load_case(cache_dir, case_id)
     spacing = meta["spacing"]
-    pred, scores = predict_volume(config, params, np.asarray(image), spacing, mesh=mesh, predict_fn=predict_fn)
+    pred, scores = predict_volume(config, params, np.asarray(image), spacing, mesh=mesh,
+                                  predict_fn=predict_fn)
     r, t = evaluation.evaluate_case(case_id, np.asarray(label), pred, spacing,
                                     _case_labels(all_labels, organs, meta),
                                     float(config.eval.nsd_tolerance_mm),

@@ -40,9 +40,11 @@ def organ_region(organ_mask: np.ndarray, spacing: Sequence[float], margin_mm: fl
   # Work in the bounding box grown by the margin: the distance transform of a whole CT is slow.
   grow = [int(np.ceil(margin_mm / float(s))) + 1 for s in spacing]
   box = ndimage.find_objects(organ_mask.astype(np.uint8))[0]
-  box = tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, organ_mask.shape))
+  box = tuple(slice(max(0, b.start - g), min(n, b.stop + g))
+              for b, g, n in zip(box, grow, organ_mask.shape))
+  dist = ndimage.distance_transform_edt(~organ_mask[box], sampling=[float(s) for s in spacing])
   out = np.zeros_like(organ_mask, bool)
-  out[box] = ndimage.distance_transform_edt(~organ_mask[box], sampling=[float(s) for s in spacing]) <= margin_mm
+  out[box] = dist <= margin_mm
   return out
 
 
@@ -101,5 +103,6 @@ def tumor_allowed_region(label_map: np.ndarray, spacing: Sequence[float], organs
   margin = float(eval_cfg.tumor_in_organ_margin_mm)
   if margin < 0:
     return np.ones(label_map.shape, bool)
-  m = (label_map == labels_lib.organ_label(organs, organ)) | (label_map == labels_lib.tumor_label(organs, organ))
+  m = ((label_map == labels_lib.organ_label(organs, organ))
+       | (label_map == labels_lib.tumor_label(organs, organ)))
   return organ_region(m, spacing, margin)

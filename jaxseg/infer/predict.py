@@ -170,7 +170,8 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
   written, all_scores = [], {}
   names_out = [case_name(f) for f in files]
   if len(set(names_out)) < len(names_out):  # e.g. AbdomenAtlas: every case is <case>/ct.nii.gz
-    names_out = [f"{os.path.basename(os.path.dirname(os.path.abspath(f)))}_{n}" for f, n in zip(files, names_out)]
+    names_out = [f"{os.path.basename(os.path.dirname(os.path.abspath(f)))}_{n}"
+                 for f, n in zip(files, names_out)]
   for path, name in tqdm.tqdm(list(zip(files, names_out)), desc="predict", unit="case", disable=not progress):
     image, meta = preprocess_image(path, tuple(config.data.spacing))
     labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)

@@ -2,9 +2,9 @@
 
 A CT at 1 mm can be 512 x 512 x 1000 voxels; its float32 logits (K classes) would need 4 K GB, more than
 one accelerator should hold next to a model. So only the windows live on the devices: each batch of
-windows is predicted (optionally with mirroring test-time augmentation), weighted by the Gaussian
-importance map and cast for transfer inside one jitted function, sharded over the mesh's "data" axis, and
-the host adds the result into its accumulator while the devices already work on the next batch.
+windows is predicted (optionally with mirroring test-time augmentation) and weighted by the Gaussian
+importance map inside one jitted function, sharded over the mesh's "data" axis, and the host adds the
+result into its accumulator while the devices already work on the next batch.
 
 Memory, for a volume of V voxels, K classes, window w^3 and window batch B:
   devices: the model's activations for B windows plus B * w^3 * K * 4 bytes (independent of V);

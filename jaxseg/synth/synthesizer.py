@@ -168,25 +168,27 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
   acc = jnp.full(shape, _FAR, jnp.float32)
   acc_free = jnp.full(shape, _FAR, jnp.float32) if want_free else None
   if spec_lib.use_box(g, shape):
+    # One slot at a time in a scan (small HLO, fast compile); each writes the min into its box.
     sizes = [spec_lib.box_size(g, n) for n in shape]
-    for s in range(g.slots):
-      start = jnp.clip(centers[s] - jnp.asarray([b // 2 for b in sizes]), 0,
-                       jnp.asarray([n - b for n, b in zip(shape, sizes)]))
+    half = jnp.asarray([b // 2 for b in sizes])
+    hi = jnp.asarray([n - b for n, b in zip(shape, sizes)])
+
+    def body(carry, xs):
+      center, axes, dd, active, free = xs
+      start = jnp.clip(center - half, 0, hi)
       grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
-      q = shape_function(grids, centers[s].astype(jnp.float32), gd["axes_mm"][s], disp[s], g.radius_mm, spacing)
-      q = jnp.where(gd["active"][s], jnp.minimum(q, _FAR), _FAR)
-      for free, name in ((False, "acc"), (True, "acc_free")):
-        if free and not want_free:
-          continue
-        qq = jnp.where(gd["free"][s] == free, q, _FAR) if want_free else q
-        target = acc_free if free else acc
+      q = shape_function(grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing)
+      q = jnp.where(active, jnp.minimum(q, _FAR), _FAR)
+      out = []
+      for i, target in enumerate(carry):
+        qq = jnp.where(free == (i == 1), q, _FAR) if want_free else q
         cur = jax.lax.dynamic_slice(target, start, sizes)
-        target = jax.lax.dynamic_update_slice(target, jnp.minimum(cur, qq), start)
-        if free:
-          acc_free = target
-        else:
-          acc = target
-    return acc, acc_free
+        out.append(jax.lax.dynamic_update_slice(target, jnp.minimum(cur, qq), start))
+      return tuple(out), None
+
+    init = (acc, acc_free) if want_free else (acc,)
+    res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
+    return res[0], (res[1] if want_free else None)
   step = spec_lib.coarse_step(g)
   ups = [jnp.asarray(ops.linear_upsample_matrix(n, step)) for n in shape]
   grids = [step * jnp.arange(u.shape[1], dtype=jnp.float32) for u in ups]

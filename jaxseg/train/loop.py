@@ -204,3 +204,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if close is not None:
       close()
   return {**last, **summary, "step": t.num_steps, "workdir": workdir}
+
+
+def format_summary(summary: dict) -> str:
+  """The few lines a person reads at the end of a run."""
+  def f(key):
+    v = summary.get(key)
+    return "n/a" if v is None or v != v else f"{v:.3f}"
+  lines = [f"run: {summary.get('workdir')}  (step {summary.get('step')}, final loss {f('loss')})"]
+  if "tumor_dsc" in summary:
+    lines.append(f"held-out cases: {summary.get('num_cases', '?')}  tumour DSC {f('tumor_dsc')}  tumour NSD "
+                 f"{f('tumor_nsd')}  tumour-wise sensitivity {f('tumor_sensitivity')}  specificity "
+                 f"{f('specificity')}  organ DSC {f('organ_dsc')}")
+    lines.append(f"report: {summary.get('eval_dir')}/summary.json, cases.csv and plots (*.png)")
+  return "\n".join(lines)
