@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import grain
@@ -65,12 +66,29 @@ class RunCheckpointer:
     """Restores the state at ``step`` into the shardings of ``abstract``, and the iterator in place.
 
     Returns:
-      (state, data_restored). When the saved iterator state does not fit the current pipeline (another
-      process count or worker count), the data order restarts from the seed and a warning says so.
+      (state, data_restored). An iterator saved by another number of processes continues at the same
+      global position (see _reshard_iterator_state) when the loader has no worker processes; otherwise,
+      and whenever the saved state does not fit the pipeline (another worker count), the data order
+      restarts from the seed and a warning says so.
     """
     restored = self._last.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     data_restored = False
-    if data_iter is not None:
+    directory = os.path.join(self._last.directory, str(step), "data_iter")
+    saved_by = _iterator_process_count(directory)
+    if data_iter is not None and saved_by not in (None, jax.process_count()):
+      # Grain keeps one state per process (process_<i>-of-<n>.json): a position in that process's shard.
+      # The decision below depends only on the checkpoint and the process count, so every process takes it.
+      data_restored = _reshard_iterator_state(directory, saved_by, data_iter)
+      if data_restored:
+        logging.warning("checkpoint %d was written by %d processes and this run has %d: the data iterator "
+                        "continues after the %d samples already seen.", step, saved_by, jax.process_count(),
+                        data_iter.get_state()["next_index"] * jax.process_count())
+      else:
+        logging.warning("checkpoint %d was written by %d processes and this run has %d: the model, "
+                        "optimizer and RNG state continue, the data order restarts from the seed (the "
+                        "iterator state does not map onto another process count with worker processes).",
+                        step, saved_by, jax.process_count())
+    elif data_iter is not None:
       try:
         self._last.restore(step, args=ocp.args.Composite(
             data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
@@ -88,6 +106,39 @@ class RunCheckpointer:
   def close(self) -> None:
     self._last.close()
     self._best.close()
+
+
+def _iterator_process_count(directory) -> int | None:
+  """How many processes wrote the Grain iterator states in ``directory`` (None: none there)."""
+  counts = {int(m.group(1)) for name in (os.listdir(directory) if os.path.isdir(directory) else ())
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", name))}
+  return counts.pop() if len(counts) == 1 else None
+
+
+def _reshard_iterator_state(directory: str, saved_by: int, data_iter: Any) -> bool:
+  """Moves an iterator saved by ``saved_by`` processes to the same global position for this process count.
+
+  Holds for the loader's shard ``[process_index::process_count]`` without worker processes, where the state
+  is {"next_index": k} on every process: the run has consumed k * saved_by samples of the global sequence,
+  and this process continues at index k * saved_by / process_count of its own shard. Returns False (the
+  caller restarts the data order) for any other state.
+  """
+  states = []
+  for i in range(saved_by):
+    with open(os.path.join(directory, f"process_{i}-of-{saved_by}.json")) as f:
+      states.append(json.load(f))
+  current = data_iter.get_state()
+  if not isinstance(current, dict) or set(current) != {"next_index"}:
+    return False
+  if any(not isinstance(s, dict) or set(s) != {"next_index"} for s in states):
+    return False
+  if len({s["next_index"] for s in states}) != 1:
+    return False
+  consumed = int(states[0]["next_index"]) * saved_by
+  if consumed % jax.process_count():
+    return False
+  data_iter.set_state({"next_index": consumed // jax.process_count()})
+  return True
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

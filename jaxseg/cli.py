@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable
 
@@ -34,9 +35,22 @@ class _QuietLibraries:
     return record.levelno >= 30 or not any(p in path for p in ("/orbax/", "/grain/", "/etils/"))
 
 
+def _compilation_cache() -> None:
+  """XLA's persistent compilation cache: a rerun, a resume or the next run of a study skips compiling.
+
+  $JAXSEG_COMPILATION_CACHE names the folder (default ~/.cache/jaxseg/xla); set it to "off" to disable.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  path = os.environ.get("JAXSEG_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxseg/xla"))
+  if path and path != "off":
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def init_processes() -> None:
   """Joins a multi-process run when asked (flags, SLURM, TPU VM); quiets the logs of other processes."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _compilation_cache()
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value,
                                   heartbeat_timeout_s=_HEARTBEAT.value)
   import jax  # pylint: disable=import-outside-toplevel

@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment.intensity_scale = (0.9, 1.1)
   c.augment.intensity_shift = (-0.1, 0.1)
   c.augment.spatial = False         # small rotations and scalings
+  c.augment.spatial_prob = 0.2      # per sample, when spatial is on (nnU-Net: 0.2)
   c.augment.rotation_deg = 15.0
   c.augment.scale = (0.85, 1.25)
   c.augment.noise_prob = 0.1
@@ -115,3 +116,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.bootstrap = 1000
   c.eval.max_cases = -1
   return c
+
+
+def config_from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file, so a config can start from another one beside it.
+
+  Config files are loaded by path (absl's config_flags), not imported as a package; this keeps that true
+  when one config builds on another: ``config_from_file(os.path.join(os.path.dirname(__file__), "phantom.py"))``.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  name = "jaxseg_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -48,6 +48,24 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Waits until every process reaches ``name`` (no-op with one process).
+
+  Uses the coordination service rather than a device collective: a device barrier (sync_global_devices)
+  fails after 30 s over gloo when one process is busy longer (preparing data on process 0), while this one
+  waits ``timeout_s`` and still fails at once when a process dies.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  if client is None:  # Joined by some other means (e.g. a runtime that manages processes itself).
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
                            local_device_count: int = 0, timeout_s: int = 300,
                            heartbeat_timeout_s: int = 100) -> bool:

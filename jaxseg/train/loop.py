@@ -79,9 +79,8 @@ def _batch_crc(batch: dict) -> int:
       np.ascontiguousarray(batch["label"]).tobytes())
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+def _sync(name: str, timeout_s: float = 24 * 3600.0) -> None:
+  parallel.barrier(name, timeout_s)  # Long: process 0 may be preprocessing a whole data set meanwhile.
 
 
 def prepare(config: ml_collections.ConfigDict):
@@ -107,7 +106,8 @@ def validate(config, state, cache_dir: str, val_ids: list[str], workdir: str, st
     summary = evaluate_cases(config, host_params(state["params"]), cache_dir, val_ids, out_dir,
                              mesh=parallel.make_mesh(jax.local_devices()), checkpoint_step=step)
     summary = dict(summary, eval_dir=out_dir)
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 and val_ids:  # val_ids are the same on every process.
+    _sync(f"jaxseg_validate_{step}")  # Wait here, not in the broadcast (gloo gives up after 30 s).
     value = np.float32(summary.get(config.train.best_metric, np.nan))
     value = float(multihost_utils.broadcast_one_to_all(value))
     summary.setdefault(config.train.best_metric, value)

@@ -1,0 +1,44 @@
+"""The data-scaling study: tumour DSC and sensitivity against N real tumour cases, real vs real+synthetic.
+
+  python launch/scaling.py --config=configs/scaling_phantom.py --workdir=runs/scaling
+  python launch/scaling.py --config=configs/scaling_phantom.py --workdir=runs/scaling --list
+  python launch/scaling.py --config=configs/scaling_atlas2.py:pancreas --workdir=/scratch/scaling \
+      --only=synth_n500_s0      # one run per cluster job (e.g. a SLURM array over --list)
+  python launch/scaling.py --config=... --workdir=... --collect   # table and plot of finished runs
+
+Reruns skip finished runs. Writes results.csv, summary.json and scaling.png into --workdir.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxseg import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (with a scaling block).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study folder.", required=True)
+_ONLY = flags.DEFINE_string("only", "", "Run just this run (see --list), then collect.")
+_LIST = flags.DEFINE_bool("list", False, "Print the run names, one per line, and exit.")
+_COLLECT = flags.DEFINE_bool("collect", False, "Only collect finished runs into the table and plot.")
+flags.mark_flags_as_required(["config"])
+
+
+@cli.user_errors
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxseg import scaling  # pylint: disable=import-outside-toplevel
+  config = _CONFIG.value
+  if _LIST.value:
+    print("\n".join(scaling.run_names(config)))
+    return
+  cli.init_processes()
+  summary = scaling.collect(config, _WORKDIR.value) if _COLLECT.value else scaling.run_study(
+      config, _WORKDIR.value, _ONLY.value)
+  print(json.dumps({"runs_finished": summary["runs_finished"], "runs_total": summary["runs_total"],
+                    "table": f"{_WORKDIR.value}/results.csv", "plot": f"{_WORKDIR.value}/scaling.png"}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,57 @@
+"""Two production train steps on a synthetic global batch, each process feeding only its rows.
+
+Used by test_multiprocess.py: run alone with --local_device_count=4, or as 2 processes x 2 devices through
+launch/launch_local.py; process 0 saves losses and parameters (.npz) to --out. Process p feeds rows
+[p * B/P, (p + 1) * B/P) of the same global batch, as the data loader does, so both runs see one batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny_config import tiny_config  # noqa: E402  pylint: disable=wrong-import-position
+
+from jaxseg import cli  # noqa: E402  pylint: disable=wrong-import-position
+
+_OUT = flags.DEFINE_string("out", None, "Where process 0 writes losses and parameters (.npz).", required=True)
+
+
+def main(argv):
+  del argv
+  cli.init_processes()
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxseg import labels as labels_lib, parallel  # pylint: disable=import-outside-toplevel
+  from jaxseg.models import build_model  # pylint: disable=import-outside-toplevel
+  from jaxseg.train import benchmark, state as state_lib  # pylint: disable=import-outside-toplevel
+  from jaxseg.train.loop import host_params  # pylint: disable=import-outside-toplevel
+  from jaxseg.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  from jaxseg.train.step import make_train_step  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config()
+  mesh = parallel.make_mesh()
+  model = build_model(config.model, labels_lib.num_classes(tuple(config.data.organs)))
+  optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+  state = state_lib.init_state(config, model, optimizer, mesh)
+  step = make_train_step(config, model, optimizer, schedule, mesh)
+  full = benchmark.synthetic_batch(config, config.data.batch_size)
+  n = config.data.batch_size // jax.process_count()
+  rows = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+  batch = parallel.global_batch({k: v[rows] for k, v in full.items()}, mesh)
+  losses = []
+  for _ in range(2):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  if jax.process_index() == 0:
+    flat = {"/".join(str(k.key) for k in path): v
+            for path, v in jax.tree_util.tree_leaves_with_path(host_params(state["params"]))}
+    np.savez(_OUT.value, losses=np.asarray(losses), devices=jax.device_count(),
+             processes=jax.process_count(), **flat)
+
+
+if __name__ == "__main__":
+  app.run(main)
