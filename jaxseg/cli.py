@@ -39,9 +39,13 @@ def _compilation_cache() -> None:
   """XLA's persistent compilation cache: a rerun, a resume or the next run of a study skips compiling.
 
   $JAXSEG_COMPILATION_CACHE names the folder (default ~/.cache/jaxseg/xla); set it to "off" to disable.
+  Off for multi-process CPU runs: a process that finds its program cached reaches the first gloo
+  collective long before one that compiles, and gloo gives up after 30 s.
   """
   import jax  # pylint: disable=import-outside-toplevel
   path = os.environ.get("JAXSEG_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxseg/xla"))
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    return
   if path and path != "off":
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
@@ -50,9 +54,9 @@ def _compilation_cache() -> None:
 def init_processes() -> None:
   """Joins a multi-process run when asked (flags, SLURM, TPU VM); quiets the logs of other processes."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  _compilation_cache()
   parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEVICES.value,
                                   heartbeat_timeout_s=_HEARTBEAT.value)
+  _compilation_cache()
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() != 0 and not _ALL_LOGS.value:
     logging.set_verbosity(logging.WARNING)

@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.dice_weight = 1.0
   c.loss.ce_weight = 1.0
+  c.loss.batch_dice = False         # one Dice per class over the whole batch (nnU-Net's batch Dice)
 
   # Optimizer: "sgd" (nnU-Net: Nesterov 0.99, poly decay) or "adamw" (warmup + cosine).
   c.optim = ml_collections.ConfigDict()

@@ -38,3 +38,14 @@ def test_segmentation_loss_uses_downsampled_targets():
   coarse = jnp.zeros((1, 2, 2, 2, 3))  # Weight 0: ignored whatever it holds.
   loss = losses.segmentation_loss([full, half, coarse], labels, 3)
   assert float(loss) < 1e-3
+
+
+def test_batch_dice_pools_the_batch():
+  labels = jnp.zeros((2, 4, 4, 4), jnp.int32).at[0, :2].set(1)  # Sample 1 has no foreground.
+  onehot = jax.nn.one_hot(labels, 2)
+  logits = 1e4 * (onehot - 0.5)
+  logits = logits.at[1, 0, 0, 0].set(jnp.array([-1e4, 1e4]))  # One false-positive voxel in sample 1.
+  per_sample = float(losses.soft_dice_loss(logits, onehot))
+  pooled = float(losses.soft_dice_loss(logits, onehot, batch_dice=True))
+  assert per_sample > 0.49  # Sample 1's Dice is ~0: one voxel wrong out of one predicted.
+  np.testing.assert_allclose(pooled, 1 - 2 * 32 / (33 + 32), rtol=1e-4)

@@ -107,6 +107,32 @@ class PatchSampler:
     }
 
 
+class _BlockShard(grain.MapDataset):
+  """Process ``index`` of ``count``: blocks ``index, index + count, ...`` of ``block`` elements.
+
+  With block = batch_size / count, the local batches of processes 0..count-1, concatenated in process
+  order, are exactly the global batch one process would draw, so results do not depend on the process
+  count (ds[index::count] gives the same samples per step in another order, and per-sample keys follow
+  the position in the global batch).
+  """
+
+  def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
+    super().__init__(parent)
+    self._block, self._index, self._count = block, index, count
+
+  def __len__(self) -> int:
+    return len(self._parent) // (self._block * self._count) * self._block
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    q, r = divmod(i, self._block)
+    return self._parent[(q * self._count + self._index) * self._block + r]
+
+  def __str__(self) -> str:
+    return f"BlockShard(block={self._block}, index={self._index}, count={self._count})"
+
+
 def sampling_units(cases: list[dict], train_ids: list[str], organs) -> tuple[list, list]:
   """(tumour units [(case_id, -1)], control units [(case_id, organ index)]) of the train split."""
   by_id = {c["case_id"]: c for c in cases}
@@ -149,7 +175,7 @@ def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, proc
   sampler = PatchSampler(cache_dir, tuple(int(p) for p in data_cfg.patch_size), float(data_cfg.fg_oversample),
                          organs)
   ds = ds.random_map(sampler, seed=seed)
-  ds = ds[process_index::process_count]
+  ds = _BlockShard(ds, data_cfg.batch_size // process_count, process_index, process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(2, int(data_cfg.prefetch))))
   if int(data_cfg.num_workers) > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data_cfg.num_workers),

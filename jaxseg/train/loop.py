@@ -60,11 +60,12 @@ def record_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     json.dump(versions, f, indent=2)
 
 
-def _maybe_kill(step: int) -> None:
+def _maybe_kill(step: int, ckpt: ckpt_lib.RunCheckpointer) -> None:
   at = os.environ.get(_KILL_ENV)
   if at and int(at) == step:
     who = os.environ.get(_KILL_PROCESS_ENV)
     if who is None or int(who) == jax.process_index():
+      ckpt.wait()  # Tests expect the saves before this step on disk (async saves would race the kill).
       logging.warning("%s=%s: killing process %d at step %d", _KILL_ENV, at, jax.process_index(), step)
       os.kill(os.getpid(), signal.SIGKILL)
 
@@ -179,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   try:
     for step in range(start + 1, t.num_steps + 1):
-      _maybe_kill(step)
+      _maybe_kill(step, ckpt)
       local = next(data_iter)
       batch = parallel.global_batch(local, mesh)
       state, metrics = train_step(state, batch)

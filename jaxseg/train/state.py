@@ -27,29 +27,25 @@ def init_params(model, model_cfg: ml_collections.ConfigDict, rng: jax.Array):
   return model.init(rng, jnp.zeros((1, side, side, side, 1), jnp.float32), train=True)["params"]
 
 
-def init_state(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
-               mesh: Mesh) -> State:
-  """A fresh train state from ``config.seed``, replicated over ``mesh``."""
-
+def _make_init(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation):
   def init(rng):
     rng_init, rng_train = jax.random.split(rng)
     params = init_params(model, config.model, rng_init)
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
             "rng": rng_train}
+  return init
 
+
+def init_state(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
+               mesh: Mesh) -> State:
+  """A fresh train state from ``config.seed``, replicated over ``mesh``."""
+  init = _make_init(config, model, optimizer)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
 
 
 def abstract_state(config: ml_collections.ConfigDict, model, optimizer, mesh: Mesh) -> State:
   """Shapes, dtypes and shardings of the state without allocating it (restore targets)."""
-
-  def init(rng):
-    rng_init, rng_train = jax.random.split(rng)
-    params = init_params(model, config.model, rng_init)
-    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": rng_train}
-
-  shapes = jax.eval_shape(init, jax.random.key(0))
+  shapes = jax.eval_shape(_make_init(config, model, optimizer), jax.random.key(0))
   sharding = parallel.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 

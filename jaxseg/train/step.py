@@ -61,7 +61,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer: optax.G
     def loss_fn(params):
       outputs = model.apply({"params": params}, x.astype(compute_dtype), train=True)
       return losses.segmentation_loss(outputs, labels, num_classes, config.loss.dice_weight,
-                                      config.loss.ce_weight)
+                                      config.loss.ce_weight, config.loss.batch_dice)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
