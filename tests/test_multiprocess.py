@@ -209,7 +209,6 @@ def test_a_two_process_checkpoint_continues_on_one_process(tmp_path, two_process
   assert code == 0, out[-3000:]
   assert "written by 2 processes and this run has 1" in out, out[-3000:]
   cache_dir, train_ids, _ = loop.prepare(config)
-  config.data.synth_fraction = 0.0  # As the loop does with synthesis off.
   it = make_train_loader(config.data, cache_dir, train_ids, seed=config.seed)
   crcs = [loop._batch_crc(next(it)) for _ in range(5)]  # pylint: disable=protected-access
   records = _records(workdir)
