@@ -26,9 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.organs = ("liver",)
   c.data.spacing = (3.0, 3.0, 3.0)
   c.data.patch_size = (32, 32, 32)
-  c.data.batch_size = 4
-  c.data.fg_oversample = 0.5
-  c.data.synth_fraction = 0.5
+  c.data.batch_size = 2
+  c.data.fg_oversample = 0.33
+  c.data.synth_fraction = 0.3
   c.data.num_val = 8
   c.data.num_workers = 0
   c.data.hu_window = (-175.0, 250.0)
@@ -36,19 +36,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.phantom.seed = 0
   c.data.phantom.tumor_fraction = 0.5
 
-  c.model.features = (16, 32, 64, 128)
-  c.model.blocks_per_stage = (1, 1, 2, 2)
+  c.model.features = (8, 16, 32, 64)
+  c.model.blocks_per_stage = (1, 1, 1, 1)
   c.model.conv = "depth_folded"
+  c.loss.batch_dice = True
 
   c.optim.name = "adamw"
-  c.optim.learning_rate = 2e-3
+  c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 1e-4
   c.optim.warmup_steps = 50
   c.optim.clip_norm = 12.0
 
-  c.train.num_steps = 1000
-  c.train.log_every = 50
-  c.train.checkpoint_every = 250
+  c.train.num_steps = 2000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 500
   c.train.eval_every = 0
 
   c.eval.overlap = 0.5

@@ -6,8 +6,9 @@ For N real phantom tumour cases in scaling.num_real, the "real" arm trains on th
 "real+synth" arm adds the control phantoms with synthetic tumours (data.synth_fraction of the patches);
 every run has the same step budget and is evaluated on the same held-out phantom tumour and control cases
 and on the out-of-distribution phantom variant. Results: results.csv, summary.json, scaling.png.
-Expect about 3-4 minutes per run on a 2-core CPU (the default grid: 4 N x 2 arms x 2 seeds = 16 runs,
-about an hour); the measured curves are described in the README.
+Expect about 4 minutes per run on one core of a 2-core CPU (the default grid: 3 N x 2 arms x 2 seeds = 12
+runs, under an hour; run two ``--only`` processes side by side to use both cores); the measured curves are
+described in the README.
 
 Variants: ``:toy`` (the whole study at toy size, for the tests: 2 N x 2 arms x 1 seed, a few steps).
 """
@@ -24,11 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_from_file(os.path.join(os.path.dirname(__file__), "phantom.py"), "smoke" if arg == "toy" else None)
   c.data.phantom.num_cases = 60
   c.data.num_val = 12
-  c.train.num_steps = 400
-  c.train.log_every = 50
-  c.train.checkpoint_every = 200
+  c.train.num_steps = 600
+  c.train.log_every = 100
+  c.train.checkpoint_every = 300
   c.scaling = ml_collections.ConfigDict()
-  c.scaling.num_real = (2, 4, 8, 20)
+  c.scaling.num_real = (2, 6, 20)
   c.scaling.arms = ("real", "real+synth")
   c.scaling.seeds = (0, 1)
   c.scaling.ood = "phantom_ood"   # "" for none, "phantom_ood", or "layout:dir" of a real OOD set

@@ -204,7 +204,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     close = getattr(data_iter, "close", None) or getattr(loader, "close", None)
     if close is not None:
       close()
+  if start >= t.num_steps:  # Already trained: report the saved validation (or validate, if it never ran).
+    summary = _finished_summary(workdir, t.num_steps) or validate(config, state, cache_dir, val_ids, workdir,
+                                                                   t.num_steps)
   return {**last, **summary, "step": t.num_steps, "workdir": workdir}
+
+
+def _finished_summary(workdir: str, step: int) -> dict:
+  """The saved validation summary of a run that had already finished (rerunning it reports again)."""
+  path = os.path.join(workdir, "eval", f"step_{step}", "summary.json")
+  logging.info("%s: already trained to step %d; nothing to do", workdir, step)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    saved = json.load(f)
+  out = {k: (float("nan") if v is None else v) for k, v in saved.items() if isinstance(v, (int, float)) or v is None}
+  return dict(out, eval_dir=os.path.dirname(path))
 
 
 def format_summary(summary: dict) -> str:
