@@ -33,7 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.scaling.arms = ("real", "real+synth")
   c.scaling.seeds = (0, 1)
   c.scaling.ood = "phantom_ood"   # "" for none, "phantom_ood", or "layout:dir" of a real OOD set
-  c.scaling.ood_cases = 12
+  c.scaling.ood_cases = 8
+  c.eval.overlap = 0.25             # evaluation dominates a short run's time on a CPU
   if arg == "toy":
     c.data.phantom.num_cases = 8
     c.data.num_val = 2
