@@ -1,6 +1,7 @@
 """Two production train steps on a synthetic global batch, each process feeding only its rows.
 
-Used by test_multiprocess.py: run alone with --local_device_count=4, or as 2 processes x 2 devices through
+Used by test_train_step.py (1 and 4 forced host devices) and test_multiprocess.py (alone with
+--local_device_count=4, or as 2 processes x 2 devices through
 launch/launch_local.py; process 0 saves losses and parameters (.npz) to --out. Process p feeds rows
 [p * B/P, (p + 1) * B/P) of the same global batch, as the data loader does, so both runs see one batch.
 """
