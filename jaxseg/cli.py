@@ -75,3 +75,8 @@ def user_errors(fn: Callable) -> Callable:
       sys.exit(1)
 
   return wrapped
+
+
+def parse_checkpoint(value: str | None) -> int | str | None:
+  """--checkpoint: a step number, "best", or None (the latest)."""
+  return int(value) if value and value.isdigit() else value

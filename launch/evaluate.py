@@ -26,8 +26,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxseg.infer.evaluate import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
-  step = _CHECKPOINT.value
-  step = int(step) if step and step.isdigit() else step
+  step = cli.parse_checkpoint(_CHECKPOINT.value)
   eval_cfg = _CONFIG.value.eval if _CONFIG.value is not None else None
   s = evaluate_checkpoint(_WORKDIR.value, _DATA.value, step, eval_cfg, _OUT.value)
   print(json.dumps({k: v for k, v in s.items() if isinstance(v, (float, str)) and "/" not in k}))

@@ -21,8 +21,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxseg import checkpoint, parallel  # pylint: disable=g-import-not-at-top
   from jaxseg.infer.predict import predict_files  # pylint: disable=g-import-not-at-top
-  step = _CHECKPOINT.value
-  step = int(step) if step and step.isdigit() else step
+  step = cli.parse_checkpoint(_CHECKPOINT.value)
   mesh = parallel.make_mesh(jax.local_devices())
   config, params, used = checkpoint.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
   written = predict_files(config, params, _INPUT.value, _OUTPUT.value, mesh=mesh)
