@@ -55,6 +55,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"data.hu_window: {tuple(d.hu_window)} must be (low, high) with low < high")
   if not 0.0 <= d.fg_oversample <= 1.0:
     raise ConfigError(f"data.fg_oversample: {d.fg_oversample} must be in [0, 1]")
+  if not 0.0 <= d.get("organ_centred", 0.0) <= 1.0:
+    raise ConfigError(f"data.organ_centred: {d.organ_centred} must be in [0, 1]")
   if not 0.0 <= d.synth_fraction <= 1.0:
     raise ConfigError(f"data.synth_fraction: {d.synth_fraction} must be in [0, 1]")
   if not 0.0 <= config.synth.prob <= 1.0:

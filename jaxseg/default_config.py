@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.patch_size = (96, 96, 96)
   c.data.batch_size = 2             # global batch: split over all devices of all processes
   c.data.fg_oversample = 0.33       # nnU-Net: a third of tumour-case patches centred on foreground
+  c.data.organ_centred = 0.0        # share of the other tumour-case patches centred on an organ voxel
   c.data.synth_fraction = 0.5       # share of patches drawn from control cases (synthetic-tumour sites)
   c.data.num_real_tumor_cases = -1  # use the first N real tumour cases of the training split (-1: all)
   c.data.num_val = 0                # held-out cases (tumour and control), chosen by split_seed
@@ -48,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.phantom.seed = 0
   c.data.phantom.tumor_fraction = 0.5
   c.data.phantom.ood = False
+  c.data.phantom.lesion_scale = 1.0     # multiplies lesion radii (task difficulty; anatomy unchanged)
+  c.data.phantom.lesion_contrast = 1.0  # multiplies lesions' HU difference from their organ
 
   # Model: a residual-encoder 3D U-Net (jaxseg/models).
   c.model = ml_collections.ConfigDict()

@@ -88,3 +88,43 @@ def test_prepare_data_phantom_end_to_end(tmp_path):
   cases = cache.list_cases(cache_dir)
   assert len(cases) == 2 and {c["organs"]["liver"] for c in cases} == {"tumor", "control"}
   assert prepare_data(cfg) == cache_dir  # second call: complete, nothing redone
+
+
+def test_lesion_scale_and_contrast_change_only_the_lesions(tmp_path):
+  def liver_case(name, **kw):
+    make_phantoms(str(tmp_path / name), 1, seed=1, tumor_fraction=1.0, **kw)
+    root = tmp_path / name / "BDMAP_00000001"
+    ct = _canon(str(root / "ct.nii.gz")).astype(np.float32)
+    liver = _canon(str(root / "segmentations/liver.nii.gz")) > 0
+    tumour = _canon(str(root / "segmentations/liver_tumor.nii.gz")) > 0
+    return ct, liver, tumour
+
+  ct1, liver1, t1 = liver_case("plain")
+  ct2, liver2, t2 = liver_case("easy", lesion_scale=1.5, lesion_contrast=2.0)
+  np.testing.assert_array_equal(liver1, liver2)  # same anatomy from the same seed
+  assert t2.sum() > 2 * t1.sum()  # radius x1.5: volume about x3.4 (clipped to the organ)
+  gap1 = np.median(ct1[liver1 & ~t1]) - np.median(ct1[t1])
+  gap2 = np.median(ct2[liver2 & ~t2]) - np.median(ct2[t2])
+  assert gap2 > 1.5 * gap1 > 0
+  with open(tmp_path / "easy" / "phantoms.json") as f:
+    assert json.load(f)["lesion_contrast"] == 2.0
+  with pytest.raises(ValueError, match="lesion_scale"):
+    make_phantoms(str(tmp_path / "bad"), 1, seed=1, lesion_scale=0.0)
+
+
+def test_phantom_root_names_lesion_factors_and_accepts_old_markers(tmp_path, monkeypatch):
+  from jaxseg.data.phantom import default_phantom_root
+  monkeypatch.setenv("JAXSEG_DATA_DIR", str(tmp_path))
+  c = _cfg("")
+  assert default_phantom_root(c) == str(tmp_path / "phantom-n2-s0-t0.5")
+  c.phantom.lesion_scale, c.phantom.lesion_contrast = 1.4, 1.6
+  assert default_phantom_root(c) == str(tmp_path / "phantom-n2-s0-t0.5-l1.4x1.6")
+  root = str(tmp_path / "old")
+  ensure_phantoms(_cfg(root))
+  with open(os.path.join(root, "phantoms.json")) as f:
+    marker = json.load(f)
+  for k in ("lesion_scale", "lesion_contrast"):
+    marker.pop(k)
+  with open(os.path.join(root, "phantoms.json"), "w") as f:
+    json.dump(marker, f)  # a set made before the lesion factors existed
+  assert ensure_phantoms(_cfg(root)) == root

@@ -87,6 +87,15 @@ def test_fg_oversample_zero_and_synth_fraction_zero(cache_dir):
   assert with_tumour < 0.9  # uniform crops miss the small tumours some of the time
 
 
+def test_organ_centred_patches_of_tumour_cases(cache_dir):
+  it = make_train_loader(_cfg(fg_oversample=0.0, synth_fraction=0.0, organ_centred=1.0), cache_dir, _ids(cache_dir),
+                         seed=2)
+  centres = [lab[8, 8, 8] for x in (next(it) for _ in range(6)) for lab in x["label"]]
+  assert all(c in (1, 2, 3, 4) for c in centres)  # an organ (or its tumour) voxel, never background
+  uniform = make_train_loader(_cfg(fg_oversample=0.0, synth_fraction=0.0), cache_dir, _ids(cache_dir), seed=2)
+  assert any(lab[8, 8, 8] == 0 for x in (next(uniform) for _ in range(6)) for lab in x["label"])
+
+
 def test_crop_pads_outside():
   v = np.arange(27, dtype=np.int16).reshape(3, 3, 3)
   c = crop(v, (-1, 1, 2), (3, 3, 3), np.int16(-1024))

@@ -61,9 +61,10 @@ def _upsample(g: np.ndarray, shape) -> np.ndarray:
 class _Case:
   """Generates one phantom case on its native grid."""
 
-  def __init__(self, rng: np.random.Generator, ood: bool):
+  def __init__(self, rng: np.random.Generator, ood: bool, lesion_scale: float = 1.0, lesion_contrast: float = 1.0):
     self.rng = rng
     self.ood = ood
+    self.lesion_scale, self.lesion_contrast = float(lesion_scale), float(lesion_contrast)
     r = rng.uniform
     self.scale = r(0.78, 1.0) if not ood else r(0.9, 1.15)
     self.body_a, self.body_b = r(125, 150), r(90, 112)
@@ -262,6 +263,7 @@ class _Case:
     radius = rng.uniform(2.5, 5.0) if small else rng.uniform(5.0, 14.0)  # mm, world
     if organ in ("esophagus",):
       radius = max(radius, rng.uniform(7, 12))
+    radius *= self.lesion_scale
     sp = np.asarray(self.spacing)
     half = np.ceil(2.6 * radius / sp).astype(int) + 1
     lo = np.maximum(centre_vox - half, 0)
@@ -294,10 +296,11 @@ class _Case:
     base = {"liver": hu["liver"] * rng.uniform(0.62, 0.8), "pancreas": rng.uniform(40, 70),
             "kidney": rng.uniform(80, 150), "colon": rng.uniform(60, 90), "esophagus": rng.uniform(55, 85),
             "uterus": rng.uniform(40, 75)}[organ]
+    ref = {"liver": hu["liver"], "pancreas": hu["pancreas"], "kidney": hu["cortex"], "colon": hu["wall"],
+           "esophagus": hu["wall"], "uterus": hu["uterus"]}[organ]
     if self.ood:  # unenhanced: lesions a little below their organ
-      ref = {"liver": hu["liver"], "pancreas": hu["pancreas"], "kidney": hu["cortex"], "colon": hu["wall"],
-             "esophagus": hu["wall"], "uterus": hu["uterus"]}[organ]
       base = ref - rng.uniform(15, 30)
+    base = ref + self.lesion_contrast * (base - ref)
     value = np.full(field.shape, base, np.float32)
     value += cells * (rng.uniform(6, 12) if organ != "kidney" else rng.uniform(18, 30))
     if organ == "liver":
@@ -357,10 +360,11 @@ def lesion_plan(num_cases: int, seed: int, tumor_fraction: float, ood: bool) -> 
   return [tuple(p) for p in plan]
 
 
-def make_case(out: str, index: int, seed: int, lesion_organs: tuple[str, ...], ood: bool = False) -> str:
+def make_case(out: str, index: int, seed: int, lesion_organs: tuple[str, ...], ood: bool = False,
+              lesion_scale: float = 1.0, lesion_contrast: float = 1.0) -> str:
   """Writes phantom case ``index`` (BDMAP_<index+1>) into ``out``; returns its case id."""
   rng = np.random.default_rng([seed, index, int(ood)])
-  case = _Case(rng, ood)
+  case = _Case(rng, ood, lesion_scale, lesion_contrast)
   img = case.anatomy()
   tumors = {}
   for organ in lesion_organs:
@@ -387,12 +391,12 @@ def make_case(out: str, index: int, seed: int, lesion_organs: tuple[str, ...], o
   return case_id
 
 
-def _make_case_worker(out, index, seed, lesions, ood):
-  return make_case(out, index, seed, lesions, ood)
+def _make_case_worker(out, index, seed, lesions, ood, scale, contrast):
+  return make_case(out, index, seed, lesions, ood, scale, contrast)
 
 
 def make_phantoms(out: str, num_cases: int, seed: int, tumor_fraction: float = 0.5, ood: bool = False,
-                  workers: int = 1) -> None:
+                  workers: int = 1, lesion_scale: float = 1.0, lesion_contrast: float = 1.0) -> None:
   """Writes ``num_cases`` phantom cases into ``out`` (AbdomenAtlas 1.x layout) and a completion marker.
 
   Args:
@@ -402,6 +406,9 @@ def make_phantoms(out: str, num_cases: int, seed: int, tumor_fraction: float = 0
     tumor_fraction: for each of the six organs, the share of cases with lesions in it.
     ood: the out-of-distribution variant (unenhanced phase, more noise, other spacing/anatomy/orientation).
     workers: parallel processes.
+    lesion_scale: multiplies every lesion's radius (1: the sizes above).
+    lesion_contrast: multiplies every lesion's HU difference from its organ (1: the values above); rim
+      enhancement and necrosis come on top. Both change how hard the task is, not the anatomy.
   """
   from jaxseg.data.preprocess import parallel_map  # Local: preprocess imports nothing from here.
 
@@ -410,20 +417,29 @@ def make_phantoms(out: str, num_cases: int, seed: int, tumor_fraction: float = 0
                      f"{tumor_fraction}")
   os.makedirs(out, exist_ok=True)
   plan = lesion_plan(num_cases, seed, tumor_fraction, ood)
-  items = [(out, i, seed, plan[i], ood) for i in range(num_cases)]
+  if lesion_scale <= 0 or lesion_contrast < 0:
+    raise ValueError(f"make_phantoms: need lesion_scale > 0 and lesion_contrast >= 0, got {lesion_scale}, "
+                     f"{lesion_contrast}")
+  items = [(out, i, seed, plan[i], ood, lesion_scale, lesion_contrast) for i in range(num_cases)]
   for _ in parallel_map(_make_case_worker, items, workers, "phantoms"):
     pass
   params = {"version": VERSION, "num_cases": num_cases, "seed": seed, "tumor_fraction": tumor_fraction,
-            "ood": bool(ood)}
+            "ood": bool(ood), "lesion_scale": float(lesion_scale), "lesion_contrast": float(lesion_contrast)}
   with open(os.path.join(out, MARKER), "w") as f:
     json.dump(params, f, indent=1)
 
 
 def default_phantom_root(data_cfg) -> str:
-  """$JAXSEG_DATA_DIR/phantom-n<num_cases>-s<seed>-t<tumor_fraction>[-ood] (default ~/.cache/jaxseg)."""
+  """$JAXSEG_DATA_DIR/phantom-n<num_cases>-s<seed>-t<tumor_fraction>[-l<scale>x<contrast>][-ood].
+
+  (default $JAXSEG_DATA_DIR: ~/.cache/jaxseg; the lesion part only where either factor is not 1.)
+  """
   p = data_cfg.phantom
   base = os.environ.get("JAXSEG_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxseg")
-  return os.path.join(base, f"phantom-n{p.num_cases}-s{p.seed}-t{p.tumor_fraction:g}{'-ood' if p.ood else ''}")
+  scale, contrast = float(p.get("lesion_scale", 1.0)), float(p.get("lesion_contrast", 1.0))
+  lesions = f"-l{scale:g}x{contrast:g}" if (scale, contrast) != (1.0, 1.0) else ""
+  return os.path.join(base, f"phantom-n{p.num_cases}-s{p.seed}-t{p.tumor_fraction:g}{lesions}"
+                            f"{'-ood' if p.ood else ''}")
 
 
 def ensure_phantoms(data_cfg) -> str:
@@ -441,11 +457,14 @@ def ensure_phantoms(data_cfg) -> str:
   p = data_cfg.phantom
   root = data_cfg.root or default_phantom_root(data_cfg)
   want = {"version": VERSION, "num_cases": int(p.num_cases), "seed": int(p.seed),
-          "tumor_fraction": float(p.tumor_fraction), "ood": bool(p.ood)}
+          "tumor_fraction": float(p.tumor_fraction), "ood": bool(p.ood),
+          "lesion_scale": float(p.get("lesion_scale", 1.0)), "lesion_contrast": float(p.get("lesion_contrast", 1.0))}
   marker = os.path.join(root, MARKER)
   if os.path.exists(marker):
     with open(marker) as f:
       have = json.load(f)
+    have.setdefault("lesion_scale", 1.0)  # sets made before these factors existed
+    have.setdefault("lesion_contrast", 1.0)
     if have != want:
       raise ValueError(f"{marker}: phantoms were made with {have}, the config asks for {want}; "
                        f"use another data.root")
@@ -458,7 +477,8 @@ def ensure_phantoms(data_cfg) -> str:
   tmp = os.path.join(parent, f".tmp-{os.path.basename(root)}-{uuid.uuid4().hex[:8]}")
   try:
     make_phantoms(tmp, want["num_cases"], want["seed"], want["tumor_fraction"], want["ood"],
-                  workers=int(getattr(data_cfg, "preprocess_workers", 1)))
+                  workers=int(getattr(data_cfg, "preprocess_workers", 1)), lesion_scale=want["lesion_scale"],
+                  lesion_contrast=want["lesion_contrast"])
     if os.path.isdir(root) and not os.listdir(root):
       os.rmdir(root)
     try:

@@ -10,8 +10,10 @@ comes after mp_prefetch, so the same seed gives the same batches for any worker 
 reads and crops: intensity windowing, synthesis and augmentation happen on the device.
 
 Patches from tumour cases are centred (with jitter) on a tumour voxel with probability ``fg_oversample``
-(nnU-Net: 0.33) and uniformly placed otherwise; patches from control cases are centred on a voxel of the
-organ the synthesizer may place a tumour in (``synth_organ``). Borders are padded with -1024 HU, label 0.
+(nnU-Net: 0.33), otherwise on a voxel of one of the organs with probability ``organ_centred`` (the
+synthetic-tumour reference crops scans to the organ; 0 is nnU-Net's uniform placement), else uniformly;
+patches from control cases are centred on a voxel of the organ the synthesizer may place a tumour in
+(``synth_organ``). Borders are padded with -1024 HU, label 0.
 Arrays are memory-mapped and only a bounded number of cases stay open per worker, so memory stays flat.
 """
 
@@ -77,10 +79,12 @@ class PatchSampler:
   patch_size: tuple[int, int, int]
   fg_oversample: float
   organs: tuple[str, ...]
+  organ_centred: float = 0.0
 
   def __post_init__(self):
     self._cases = _CaseCache(self.cache_dir)
     self._tumor_labels = [label_space.tumor_label(self.organs, o) for o in self.organs]
+    self._organ_labels = [label_space.organ_label(self.organs, o) for o in self.organs]
 
   def __call__(self, unit, rng: np.random.Generator) -> dict:
     case_id, synth_organ = unit[0], int(unit[1])
@@ -96,6 +100,11 @@ class PatchSampler:
         pts = fg[rng.integers(len(fg))]
         jitter = rng.integers(-(size // 4), size // 4 + 1)
         centre = pts[rng.integers(len(pts))].astype(np.int64) + jitter
+      elif self.organ_centred > 0 and rng.random() < self.organ_centred:
+        # The organ's surroundings, tumour or not: where false positives have to be unlearnt.
+        pts = [locs[c] for c in self._organ_labels if c in locs and len(locs[c])] or fg
+        pts = pts[rng.integers(len(pts))] if pts else None
+        centre = pts[rng.integers(len(pts))].astype(np.int64) if pts is not None else rng.integers(0, shape)
       else:
         centre = rng.integers(0, shape)
     start = centre - size // 2
@@ -173,7 +182,7 @@ def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, proc
     raise ValueError(f"{cache_dir}: no tumour or control case for organs {organs} among {len(train_ids)} cases")
   ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
   sampler = PatchSampler(cache_dir, tuple(int(p) for p in data_cfg.patch_size), float(data_cfg.fg_oversample),
-                         organs)
+                         organs, float(data_cfg.get("organ_centred", 0.0)))
   ds = ds.random_map(sampler, seed=seed)
   ds = _BlockShard(ds, data_cfg.batch_size // process_count, process_index, process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(2, int(data_cfg.prefetch))))
