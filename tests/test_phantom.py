@@ -116,9 +116,9 @@ def test_phantom_root_names_lesion_factors_and_accepts_old_markers(tmp_path, mon
   from jaxseg.data.phantom import default_phantom_root
   monkeypatch.setenv("JAXSEG_DATA_DIR", str(tmp_path))
   c = _cfg("")
-  assert default_phantom_root(c) == str(tmp_path / "phantom-n2-s0-t0.5")
+  assert default_phantom_root(c) == str(tmp_path / "phantom-v2-n2-s0-t0.5")
   c.phantom.lesion_scale, c.phantom.lesion_contrast = 1.4, 1.6
-  assert default_phantom_root(c) == str(tmp_path / "phantom-n2-s0-t0.5-l1.4x1.6")
+  assert default_phantom_root(c) == str(tmp_path / "phantom-v2-n2-s0-t0.5-l1.4x1.6")
   root = str(tmp_path / "old")
   ensure_phantoms(_cfg(root))
   with open(os.path.join(root, "phantoms.json")) as f:

@@ -32,7 +32,7 @@ from jaxseg.io.nifti import save_nifti
 
 LESION_ORGANS = ("liver", "pancreas", "kidney", "colon", "esophagus", "uterus")
 MARKER = "phantoms.json"
-VERSION = 1
+VERSION = 2  # 2: exclusive organ masks (version 1 let masks overlap)
 
 
 def _smoothstep(x):
@@ -242,10 +242,18 @@ class _Case:
     if uterus is not None:
       img[uterus] = hu["uterus"]
     img[shell] = hu["cortical"]  # the vertebral cortex stays on top of warped organs
-    self.masks.update(liver=liver, spleen=spleen, kidney_right=kid_r & ~vert, kidney_left=kid_l & ~vert,
-                      pancreas=pancreas, stomach=stomach, colon=colon, esophagus=esophagus, bladder=bladder)
+    # Masks follow the painted image, as real annotations do: a voxel belongs to the structure painted last
+    # (the pancreas and kidneys over the liver, the liver over the stomach, ...). Overlapping masks would
+    # label pancreas-looking tissue inside the liver as liver, next to hypodense liver lesions.
+    painted = [("bladder", bladder), ("stomach", stomach), ("colon", colon), ("esophagus", esophagus),
+               ("aorta", aorta), ("postcava", ivc), ("liver", liver), ("spleen", spleen), ("pancreas", pancreas),
+               ("kidney_right", kid_r), ("kidney_left", kid_l)]
     if uterus is not None:
-      self.masks["uterus"] = uterus
+      painted.append(("uterus", uterus))
+    taken = vert.copy()
+    for name, m in reversed(painted):
+      self.masks[name] = m & ~taken
+      taken |= m
     self._colon_wall = colon_wall
     self._tube_dist = {"esophagus": (ed, erad)}
     return img
@@ -430,7 +438,7 @@ def make_phantoms(out: str, num_cases: int, seed: int, tumor_fraction: float = 0
 
 
 def default_phantom_root(data_cfg) -> str:
-  """$JAXSEG_DATA_DIR/phantom-n<num_cases>-s<seed>-t<tumor_fraction>[-l<scale>x<contrast>][-ood].
+  """$JAXSEG_DATA_DIR/phantom-v<version>-n<num_cases>-s<seed>-t<tumor_fraction>[-l<scale>x<contrast>][-ood].
 
   (default $JAXSEG_DATA_DIR: ~/.cache/jaxseg; the lesion part only where either factor is not 1.)
   """
@@ -438,7 +446,7 @@ def default_phantom_root(data_cfg) -> str:
   base = os.environ.get("JAXSEG_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxseg")
   scale, contrast = float(p.get("lesion_scale", 1.0)), float(p.get("lesion_contrast", 1.0))
   lesions = f"-l{scale:g}x{contrast:g}" if (scale, contrast) != (1.0, 1.0) else ""
-  return os.path.join(base, f"phantom-n{p.num_cases}-s{p.seed}-t{p.tumor_fraction:g}{lesions}"
+  return os.path.join(base, f"phantom-v{VERSION}-n{p.num_cases}-s{p.seed}-t{p.tumor_fraction:g}{lesions}"
                             f"{'-ood' if p.ood else ''}")
 
 
