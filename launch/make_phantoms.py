@@ -1,6 +1,7 @@
 """Write the procedural phantom data set (AbdomenAtlas 1.x layout NIfTI) into --out.
 
-  python launch/make_phantoms.py --out=/tmp/phantoms --num_cases=24 --seed=0 [--ood] [--tumor_fraction=0.5]
+  python launch/make_phantoms.py --out=/tmp/phantoms --num_cases=24 --seed=0 [--ood] [--tumor_fraction=0.5] \
+      [--lesion_scale=1.8 --lesion_contrast=2]
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed (same seed, same files).")
 _FRACTION = flags.DEFINE_float("tumor_fraction", 0.5, "Per organ, the share of cases with lesions.")
 _OOD = flags.DEFINE_bool("ood", False, "Out-of-distribution variant (unenhanced, noisier, other geometry).")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Parallel processes.")
+_SCALE = flags.DEFINE_float("lesion_scale", 1.0, "Multiplies lesion radii (the demo: 1.8).")
+_CONTRAST = flags.DEFINE_float("lesion_contrast", 1.0, "Multiplies lesions' HU difference from the organ (demo: 2).")
 
 
 def main(argv):
   del argv
   try:
-    make_phantoms(_OUT.value, _NUM.value, _SEED.value, _FRACTION.value, _OOD.value, workers=_WORKERS.value)
+    make_phantoms(_OUT.value, _NUM.value, _SEED.value, _FRACTION.value, _OOD.value, workers=_WORKERS.value,
+                  lesion_scale=_SCALE.value, lesion_contrast=_CONTRAST.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   print(f"wrote {_NUM.value} phantom cases to {_OUT.value}")

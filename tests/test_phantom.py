@@ -112,19 +112,20 @@ def test_lesion_scale_and_contrast_change_only_the_lesions(tmp_path):
     make_phantoms(str(tmp_path / "bad"), 1, seed=1, lesion_scale=0.0)
 
 
-def test_phantom_root_names_lesion_factors_and_accepts_old_markers(tmp_path, monkeypatch):
+def test_phantom_root_names_version_and_lesion_factors(tmp_path, monkeypatch):
   from jaxseg.data.phantom import default_phantom_root
   monkeypatch.setenv("JAXSEG_DATA_DIR", str(tmp_path))
   c = _cfg("")
   assert default_phantom_root(c) == str(tmp_path / "phantom-v2-n2-s0-t0.5")
   c.phantom.lesion_scale, c.phantom.lesion_contrast = 1.4, 1.6
   assert default_phantom_root(c) == str(tmp_path / "phantom-v2-n2-s0-t0.5-l1.4x1.6")
-  root = str(tmp_path / "old")
+  root = str(tmp_path / "made")
   ensure_phantoms(_cfg(root))
-  with open(os.path.join(root, "phantoms.json")) as f:
-    marker = json.load(f)
-  for k in ("lesion_scale", "lesion_contrast"):
-    marker.pop(k)
-  with open(os.path.join(root, "phantoms.json"), "w") as f:
-    json.dump(marker, f)  # a set made before the lesion factors existed
-  assert ensure_phantoms(_cfg(root)) == root
+  with pytest.raises(ValueError, match="config asks for"):  # same folder, other lesion factors
+    ensure_phantoms(_with_root(c, root))
+
+
+def _with_root(c, root):
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.root = root
+  return c

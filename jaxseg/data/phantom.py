@@ -471,8 +471,6 @@ def ensure_phantoms(data_cfg) -> str:
   if os.path.exists(marker):
     with open(marker) as f:
       have = json.load(f)
-    have.setdefault("lesion_scale", 1.0)  # sets made before these factors existed
-    have.setdefault("lesion_contrast", 1.0)
     if have != want:
       raise ValueError(f"{marker}: phantoms were made with {have}, the config asks for {want}; "
                        f"use another data.root")
