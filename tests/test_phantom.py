@@ -39,6 +39,8 @@ def test_phantoms_are_atlas_cases_with_visible_lesions(tmp_path):
     assert np.median(ct[tumour]) < liver_hu - 10  # hypodense metastases
     assert np.median(ct[_canon(os.path.join(seg, "aorta.nii.gz")) > 0]) > 120
     assert (ct < -900).mean() > 0.05  # air around the body
+    organ_files = [f for f in glob.glob(os.path.join(seg, "*.nii.gz")) if "_tumor" not in f]
+    assert sum(_canon(f) > 0 for f in organ_files).max() == 1  # masks follow the painted image: no overlap
   with open(os.path.join(out, "phantoms.json")) as f:
     assert json.load(f)["num_cases"] == 2
 
@@ -121,11 +123,7 @@ def test_phantom_root_names_version_and_lesion_factors(tmp_path, monkeypatch):
   assert default_phantom_root(c) == str(tmp_path / "phantom-v2-n2-s0-t0.5-l1.4x1.6")
   root = str(tmp_path / "made")
   ensure_phantoms(_cfg(root))
+  other = _cfg(root)
+  other.phantom.lesion_scale = 1.4
   with pytest.raises(ValueError, match="config asks for"):  # same folder, other lesion factors
-    ensure_phantoms(_with_root(c, root))
-
-
-def _with_root(c, root):
-  c = ml_collections.ConfigDict(c.to_dict())
-  c.root = root
-  return c
+    ensure_phantoms(other)
