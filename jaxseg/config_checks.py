@@ -75,3 +75,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
       raise ConfigError(f"train.{field}: {t[field]} must be positive")
   if t.eval_every < 0:
     raise ConfigError(f"train.eval_every: {t.eval_every} must be >= 0 (0: at the end only)")
+  if not 0.0 <= config.eval.min_tumor_confidence < 1.0:
+    raise ConfigError(f"eval.min_tumor_confidence: {config.eval.min_tumor_confidence} must be in [0, 1) "
+                      "(0: off)")

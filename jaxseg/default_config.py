@@ -116,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.largest_organ_component = True
   c.eval.tumor_in_organ_margin_mm = 5.0   # < 0 disables the organ-mask rule
   c.eval.min_tumor_volume_mm3 = 0.0
+  c.eval.min_tumor_confidence = 0.0     # > 0: drop tumour components whose mean probability is lower
   c.eval.nsd_tolerance_mm = 2.0
   c.eval.bootstrap = 1000
   c.eval.max_cases = -1

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
+import pytest
 
 from jaxseg.infer.postprocess import postprocess
 
 
-def _cfg(largest=True, margin=5.0, min_vol=0.0):
+def _cfg(largest=True, margin=5.0, min_vol=0.0, min_conf=0.0):
   return ml_collections.ConfigDict({"largest_organ_component": largest, "tumor_in_organ_margin_mm": margin,
-                                    "min_tumor_volume_mm3": min_vol})
+                                    "min_tumor_volume_mm3": min_vol, "min_tumor_confidence": min_conf})
 
 
 def _liver():
@@ -65,3 +66,29 @@ def test_organs_are_independent_in_a_multi_organ_label_space():
   assert (out[28:30, 18:20, 8:10] == 4).all()
   assert (out[5:7, 5:7, 5:7] == 0).all()  # dropped; it touches no pancreas voxel
   assert out.dtype == np.uint8 and lab[5, 5, 5] == 4  # input untouched
+
+
+def test_min_tumour_confidence_drops_components_by_their_mean_probability():
+  lab = _liver()
+  lab[8:12, 8:12, 8:12] = 2              # a confident lesion
+  lab[16:20, 16:20, 8:12] = 2            # a hesitant one: one voxel at 0.99 does not save it
+  probs = np.zeros(lab.shape + (1,), np.float16)
+  probs[8:12, 8:12, 8:12] = 0.9
+  probs[16:20, 16:20, 8:12] = 0.6
+  probs[16, 16, 8] = 0.99
+  out = postprocess(lab, (1, 1, 1), ("liver",), _cfg(min_conf=0.7), probs)
+  assert (out[8:12, 8:12, 8:12] == 2).all()
+  assert (out[16:20, 16:20, 8:12] == 1).all()   # inside the organ: becomes organ
+  np.testing.assert_array_equal(postprocess(lab, (1, 1, 1), ("liver",), _cfg(min_conf=0.5), probs), lab)
+  with pytest.raises(ValueError, match="tumour probabilities"):
+    postprocess(lab, (1, 1, 1), ("liver",), _cfg(min_conf=0.7))
+  with pytest.raises(ValueError, match="shape"):
+    postprocess(lab, (1, 1, 1), ("liver",), _cfg(min_conf=0.7), probs[..., 0])
+
+
+def test_a_config_saved_before_the_confidence_rule_has_it_off():
+  lab = _liver()
+  lab[8:12, 8:12, 8:12] = 2
+  old = ml_collections.ConfigDict({"largest_organ_component": True, "tumor_in_organ_margin_mm": 5.0,
+                                   "min_tumor_volume_mm3": 0.0})
+  np.testing.assert_array_equal(postprocess(lab, (1, 1, 1), ("liver",), old), lab)

@@ -42,6 +42,7 @@ def test_step_is_the_same_on_1_and_4_devices(tmp_path):
     ("data.batch_size", 3, 2, "data.batch_size"),
     ("data.organs", ("lung",), 1, "data.organs"),
     ("optim.name", "lamb", 1, "optim.name"),
+    ("eval.min_tumor_confidence", 1.0, 1, "eval.min_tumor_confidence"),
 ])
 def test_bad_config_names_the_field(field, value, devices, match):
   c = tiny_config()

@@ -6,7 +6,11 @@ tumour-like blobs outside the organ; the three rules of the field remove those:
     voxels count as organ for connectivity: a tumour may split the organ label in two);
   * ``tumor_in_organ_margin_mm`` (>= 0): keep a predicted tumour component only when it touches (26-
     connectivity) the organ label dilated by this margin in mm; < 0 disables the rule;
-  * ``min_tumor_volume_mm3`` (> 0): drop tumour components smaller than this volume.
+  * ``min_tumor_volume_mm3`` (> 0): drop tumour components smaller than this volume;
+  * ``min_tumor_confidence`` (> 0): drop tumour components whose mean tumour probability is below this.
+    A network trained on tumour-rich patches (oversampled foreground, synthetic lesions) is over-eager at
+    test time: its false-positive blobs sit just above the argmax boundary while true lesions are
+    confident, so the mean over a component separates them where a per-voxel threshold only shrinks both.
 A dropped tumour component becomes organ when it touches the organ (it was inside it), else background.
 """
 
@@ -48,15 +52,18 @@ def organ_region(organ_mask: np.ndarray, spacing: Sequence[float], margin_mm: fl
   return out
 
 
-def postprocess(label_map: np.ndarray, spacing: Sequence[float], organs: Sequence[str], eval_cfg
-                ) -> np.ndarray:
+def postprocess(label_map: np.ndarray, spacing: Sequence[float], organs: Sequence[str], eval_cfg,
+                tumor_probs: np.ndarray | None = None) -> np.ndarray:
   """Applies the post-processing rules of ``eval_cfg`` to a label map.
 
   Args:
     label_map: integer [X, Y, Z] in the label space of ``organs`` (jaxseg/labels.py).
     spacing: voxel spacing (sx, sy, sz) in mm.
     organs: config.data.organs.
-    eval_cfg: config.eval (largest_organ_component, tumor_in_organ_margin_mm, min_tumor_volume_mm3).
+    eval_cfg: config.eval (largest_organ_component, tumor_in_organ_margin_mm, min_tumor_volume_mm3,
+      min_tumor_confidence; a config without the last, saved before it existed, has it off).
+    tumor_probs: [X, Y, Z, len(organs)] softmax probability of each organ's tumour class; required when
+      min_tumor_confidence > 0.
 
   Returns:
     uint8 [X, Y, Z], a new array.
@@ -66,12 +73,19 @@ def postprocess(label_map: np.ndarray, spacing: Sequence[float], organs: Sequenc
   voxel = float(np.prod(spacing))
   margin = float(eval_cfg.tumor_in_organ_margin_mm)
   min_vol = float(eval_cfg.min_tumor_volume_mm3)
-  for organ in organs:
+  min_conf = float(eval_cfg.get("min_tumor_confidence", 0.0))
+  if min_conf > 0:
+    if tumor_probs is None:
+      raise ValueError("postprocess: eval.min_tumor_confidence > 0 needs the tumour probabilities")
+    if tumor_probs.shape != out.shape + (len(organs),):
+      raise ValueError(f"postprocess: tumor_probs has shape {tumor_probs.shape}, expected "
+                       f"{out.shape + (len(organs),)}")
+  for i, organ in enumerate(organs):
     o, t = labels_lib.organ_label(organs, organ), labels_lib.tumor_label(organs, organ)
     if eval_cfg.largest_organ_component:
       keep = largest_component((out == o) | (out == t))
       out[(out == o) & ~keep] = 0
-    if margin < 0 and min_vol <= 0:
+    if margin < 0 and min_vol <= 0 and min_conf <= 0:
       continue
     tumor = out == t
     if not tumor.any():
@@ -88,6 +102,10 @@ def postprocess(label_map: np.ndarray, spacing: Sequence[float], organs: Sequenc
     near = np.bincount(lab[touching].ravel(), minlength=n + 1) > 0
     drop = np.zeros(n + 1, bool)
     drop[1:] = (sizes[1:] < min_vol) | ~inside[1:]
+    if min_conf > 0:
+      counts = np.bincount(lab.ravel(), minlength=n + 1)
+      sums = np.bincount(lab.ravel(), weights=tumor_probs[..., i].astype(np.float64).ravel(), minlength=n + 1)
+      drop[1:] |= sums[1:] / np.maximum(counts[1:], 1) < min_conf
     if drop.any():
       dropped = drop[lab]
       out[dropped] = 0

@@ -108,7 +108,7 @@ def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarr
   tumor_ids = [labels_lib.tumor_label(organs, o) for o in organs]
   raw, probs = _argmax_and_tumor_probs(logits, tumor_ids)
   del logits
-  labels = post.postprocess(raw, spacing, organs, config.eval)
+  labels = post.postprocess(raw, spacing, organs, config.eval, probs)
   scores = {}
   for i, organ in enumerate(organs):
     region = post.tumor_allowed_region(labels, spacing, organs, organ, config.eval)
