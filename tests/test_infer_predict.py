@@ -136,3 +136,27 @@ def test_bad_inputs_are_clear_errors(tmp_path):
   bad.write_bytes(b"not a nifti")
   with pytest.raises(ValueError, match="bad.nii.gz"):
     predict.predict_files(cfg, None, str(bad), str(tmp_path / "o"), predict_fn=_oracle)
+
+
+def _two_lesion_oracle(x):
+  """Organ at high intensity; a confident tumour (p ~ 0.9) at mid intensity, a hesitant one (p ~ 0.5) below."""
+  v = x[..., 0][..., None]
+  organ, confident, hesitant = (jnp.array(l, jnp.float32) for l in ([0, 3, 0], [0, 0, 3], [0, 0.5, 1]))
+  background = jnp.array([3, 0, 0], jnp.float32)
+  return jnp.where(v > 0.9, organ, jnp.where(v > 0.6, confident, jnp.where(v > 0.3, hesitant, background)))
+
+
+def test_predict_volume_applies_the_confidence_rule():
+  image = np.full((24, 24, 24), -175.0, np.float32)
+  image[4:20, 4:20, 4:20] = 250.0                  # organ
+  image[6:10, 6:10, 6:10] = 120.0                  # normalised 0.69: confident tumour
+  image[13:17, 13:17, 13:17] = -10.0               # normalised 0.39: hesitant tumour
+  cfg = _config((1.0, 1.0, 1.0))
+  cfg.eval.min_tumor_volume_mm3 = 0.0
+  labels, scores = predict.predict_volume(cfg, None, image, (1.0, 1.0, 1.0), predict_fn=_two_lesion_oracle)
+  assert (labels[6:10, 6:10, 6:10] == 2).all() and (labels[13:17, 13:17, 13:17] == 2).all()
+  cfg.eval.min_tumor_confidence = 0.7
+  labels, scores = predict.predict_volume(cfg, None, image, (1.0, 1.0, 1.0), predict_fn=_two_lesion_oracle)
+  assert (labels[6:10, 6:10, 6:10] == 2).all()
+  assert (labels[13:17, 13:17, 13:17] == 1).all()  # dropped inside the organ: organ
+  assert scores[2] > 0.85
