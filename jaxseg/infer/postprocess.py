@@ -1,7 +1,7 @@
 """Post-processing of predicted label maps: each rule switchable in ``config.eval``.
 
 A network's false positives in CT are mostly scattered organ-like blobs (the spleen taken for liver) and
-tumour-like blobs outside the organ; the three rules of the field remove those:
+tumour-like blobs outside the organ; the field's three rules and a confidence rule remove those:
   * ``largest_organ_component``: keep the largest 26-connected component of each organ (its tumour
     voxels count as organ for connectivity: a tumour may split the organ label in two);
   * ``tumor_in_organ_margin_mm`` (>= 0): keep a predicted tumour component only when it touches (26-
@@ -103,8 +103,9 @@ def postprocess(label_map: np.ndarray, spacing: Sequence[float], organs: Sequenc
     drop = np.zeros(n + 1, bool)
     drop[1:] = (sizes[1:] < min_vol) | ~inside[1:]
     if min_conf > 0:
-      counts = np.bincount(lab.ravel(), minlength=n + 1)
-      sums = np.bincount(lab.ravel(), weights=tumor_probs[..., i].astype(np.float64).ravel(), minlength=n + 1)
+      ids = lab[tumor]  # component ids of the tumour voxels only: no whole-volume float64 temporaries
+      counts = np.bincount(ids, minlength=n + 1)
+      sums = np.bincount(ids, weights=tumor_probs[..., i][tumor].astype(np.float64), minlength=n + 1)
       drop[1:] |= sums[1:] / np.maximum(counts[1:], 1) < min_conf
     if drop.any():
       dropped = drop[lab]
