@@ -6,9 +6,11 @@ For N real phantom tumour cases in scaling.num_real, the "real" arm trains on th
 "real+synth" arm adds the control phantoms with synthetic tumours (data.synth_fraction of the patches);
 every run has the same step budget and is evaluated on the same held-out phantom tumour and control cases
 and on the out-of-distribution phantom variant. Results: results.csv, summary.json, scaling.png.
-Expect about 4 minutes per run on one core of a 2-core CPU (the default grid: 3 N x 2 arms x 2 seeds = 12
-runs, under an hour; run two ``--only`` processes side by side to use both cores); the measured curves are
-described in the README.
+Expect about 4 minutes per run on a 2-core CPU (the default grid: 3 N x 2 arms x 2 seeds = 12 runs,
+about 50 minutes; ``--only`` runs one of them, for separate jobs); the measured curves are
+described in the README. At 600 steps the models are too young for the curves to mean much; the README
+also reports the study at the demo's budget (--config.train.num_steps=2000, --config.scaling.num_real="(2,20)",
+--config.eval.min_tumor_confidence=0.7), about 10 minutes per run.
 
 Variants: ``:toy`` (the whole study at toy size, for the tests: 2 N x 2 arms x 1 seed, a few steps).
 """
