@@ -136,10 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cache_dir, train_ids, val_ids = prepare(config)
 
   from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
-  data_cfg = ml_collections.ConfigDict(config.data.to_dict())
-  if not config.synth.enabled:
-    data_cfg.synth_fraction = 0.0  # The real-only arm: no control patches waiting for a tumour.
-  loader = make_train_loader(data_cfg, cache_dir, train_ids, seed=config.seed,
+  # Control cases are drawn the same way whether synthesis is on or off: with it off they are negatives,
+  # so the real-only and real+synth arms of a study see the same cases in the same order.
+  loader = make_train_loader(config.data, cache_dir, train_ids, seed=config.seed,
                              process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(loader)
 
