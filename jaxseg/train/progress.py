@@ -14,9 +14,17 @@ import time
 
 from absl import logging
 
+from jaxseg import workdir as workdir_lib
+
 
 class MetricsLog:
-  """Appends one JSON object per line; safe to reopen after a resume (appends)."""
+  """Appends one JSON object per line; safe to reopen after a resume, a kill or a full disk.
+
+  Each record is one ``os.write`` of the whole line on an O_APPEND descriptor (workdir.append_line), so a
+  kill -9 or ENOSPC leaves whole lines only; values JSON cannot hold (NaN, inf) are written as null, so every
+  line is valid JSON for any reader. On resume, ``truncate_after(step)`` drops the records of steps after the
+  restored checkpoint: those steps are trained again, and a reader must not see them twice.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -25,14 +33,57 @@ class MetricsLog:
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record, default=float) + "\n")
+    workdir_lib.append_line(self.path, json.dumps(workdir_lib.json_safe(record), allow_nan=False))
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
-      return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return read_metrics(self.path)
+
+  def truncate_after(self, step: int) -> int:
+    """Drops records with "step" > ``step`` (and a torn last line), atomically. Returns how many were dropped."""
+    if not self.enabled or not os.path.exists(self.path):
+      return 0
+    with open(self.path, "rb") as f:
+      lines = f.read().split(b"\n")
+    keep, dropped = [], 0
+    for line in lines:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        dropped += 1  # A torn line (a kill of an older version mid-write): no record to keep.
+        continue
+      if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+        dropped += 1
+      else:
+        keep.append(line.decode() + "\n")
+    if dropped:
+      workdir_lib.atomic_write_text(self.path, "".join(keep))
+      logging.info("%s: dropped %d record(s) after step %d (trained again from the checkpoint)", self.path,
+                   dropped, step)
+    return dropped
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The records of a metrics.jsonl; a torn or invalid line (a kill mid-write) is skipped with a warning.
+
+  null values (written for NaN and inf) come back as NaN, so numeric code sees what was logged.
+  """
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path, "rb") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        logging.warning("%s: line %d is not valid JSON (torn by a kill?); skipped", path, n)
+        continue
+      if isinstance(record, dict):
+        out.append({k: (float("nan") if v is None else v) for k, v in record.items()})
+  return out
 
 
 def _fmt_time(seconds: float) -> str:
