@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any
 
 import grain
@@ -62,16 +63,23 @@ class RunCheckpointer:
                     metrics={self.best_metric: float(value)}, force=True)
     return self._best.best_step() == step
 
-  def restore(self, step: int, abstract: dict, data_iter: Any) -> tuple[dict, bool]:
+  def restore(self, step: int, abstract: dict, data_iter: Any, num_workers: int | None = None
+              ) -> tuple[dict, bool]:
     """Restores the state at ``step`` into the shardings of ``abstract``, and the iterator in place.
 
     Returns:
       (state, data_restored). An iterator saved by another number of processes continues at the same
       global position (see _reshard_iterator_state) when the loader has no worker processes; otherwise,
       and whenever the saved state does not fit the pipeline (another worker count), the data order
-      restarts from the seed and a warning says so.
+      restarts from the seed and a warning says so. ``num_workers`` (this run's data.num_workers) tells a
+      genuine worker-count change from a damaged iterator file.
+    Raises:
+      DamagedCheckpointError: a part of the checkpoint cannot be read (restore_latest_intact falls back).
     """
-    restored = self._last.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    try:
+      restored = self._last.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(step, "state", f"{type(e).__name__}: {_first_line(e)}") from e
     data_restored = False
     directory = os.path.join(self._last.directory, str(step), "data_iter")
     saved_by = _iterator_process_count(directory)
@@ -94,10 +102,78 @@ class RunCheckpointer:
             data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
         data_restored = True
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint %d: the data iterator state could not be restored (%s: %s); the data "
-                        "order restarts from the seed (expected when the process or worker count changed).",
-                        step, type(e).__name__, str(e).splitlines()[0][:200])
+        saved_workers = _saved_num_workers(os.path.join(self._last.directory, str(step)))
+        if saved_workers is None or num_workers is None or saved_workers == num_workers:
+          # Same process and worker count: the state should fit, so this is a damaged file, not a change.
+          # Restarting the data order here would silently repeat samples: the caller falls back instead.
+          raise DamagedCheckpointError(step, "data_iter", f"{type(e).__name__}: {_first_line(e)}") from e
+        logging.warning("checkpoint %d was written with data.num_workers=%d and this run has %d: the model, "
+                        "optimizer and RNG state continue, the data order restarts from the seed (a Grain "
+                        "iterator state does not map onto another worker count).", step, saved_workers,
+                        num_workers)
     return restored["state"], data_restored
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._last.all_steps())
+
+  def check_step(self, step: int) -> tuple[str, str] | None:
+    """Reads every small part of checkpoint ``step``; returns (part, problem) for the first bad one, or None.
+
+    Cheap and the same on every process (it reads the files of all processes), so every process of a run
+    takes the same decision. The state's tensors are checked by restoring them (restore_latest_intact).
+    """
+    return check_step_files(os.path.join(self._last.directory, str(step)))
+
+  def restore_latest_intact(self, abstract: dict, data_iter: Any, num_workers: int | None = None
+                            ) -> tuple[dict | None, int | None, bool]:
+    """Restores the newest checkpoint whose every part (state, iterators of all processes, config) is intact.
+
+    A damaged checkpoint is reported in one WARNING line naming its step and part, moved to
+    ``<workdir>/checkpoints_damaged/`` (kept for inspection, and out of Orbax's way: it would otherwise stay
+    the "latest" step, and the rolling window could delete the intact ones), and the next older one is tried.
+
+    Returns:
+      (state, step, data_restored), or (None, None, False) when the work directory holds no checkpoint.
+    Raises:
+      DamagedCheckpointError: checkpoints exist but none is intact (one line naming each step's damage).
+    """
+    damaged = []
+    for step in reversed(self.all_steps()):
+      problem = self.check_step(step)
+      if problem is None:
+        try:
+          state, data_restored = self.restore(step, abstract, data_iter, num_workers)
+        except DamagedCheckpointError as e:
+          problem = (e.part, e.problem)
+        else:
+          self._set_aside(damaged)
+          return state, step, data_restored
+      damaged.append(step)
+      older = [s for s in self.all_steps() if s < step]
+      logging.warning("%s/%d/%s is damaged (%s); %s", self._last.directory, step, problem[0], problem[1],
+                      f"falling back to step {older[-1]}" if older else "no older checkpoint")
+      last_problem = problem
+    if damaged:
+      raise DamagedCheckpointError(damaged[-1], last_problem[0], last_problem[1],
+                                   f"{self._last.directory}: no intact checkpoint (steps {damaged} are damaged; "
+                                   f"the oldest: {last_problem[0]}: {last_problem[1]}); move the folder away "
+                                   "to train from scratch")
+    return None, None, False
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves damaged step folders to <workdir>/checkpoints_damaged/ (process 0; the others only reload)."""
+    if steps and jax.process_index() == 0:
+      aside = os.path.join(self.workdir, "checkpoints_damaged")
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        src = os.path.join(self._last.directory, str(step))
+        dst = os.path.join(aside, f"{step}.{int(time.time())}")
+        if os.path.exists(src):
+          os.replace(src, dst)
+          logging.warning("%s: moved to %s (a new step %d will be written)", src, dst, step)
+    if steps:
+      parallel.barrier("jaxseg_checkpoints_set_aside", 600.0)
+      self._last.reload()
 
   def wait(self) -> None:
     self._last.wait_until_finished()
@@ -113,6 +189,80 @@ def _iterator_process_count(directory) -> int | None:
   counts = {int(m.group(1)) for name in (os.listdir(directory) if os.path.isdir(directory) else ())
             if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", name))}
   return counts.pop() if len(counts) == 1 else None
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint part that cannot be read; the message names the step and the part."""
+
+  def __init__(self, step: int, part: str, problem: str, message: str | None = None):
+    super().__init__(message or f"checkpoint {step}: {part}: {problem}")
+    self.step, self.part, self.problem = step, part, problem
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else type(e).__name__)[:300]
+
+
+def _read_json_file(path: str):
+  with open(path, "rb") as f:
+    return json.loads(f.read())
+
+
+def check_step_files(step_dir: str) -> tuple[str, str] | None:
+  """(part, problem) for the first missing or unreadable small file of a checkpoint step folder, or None.
+
+  Checks Orbax's step metadata, the saved config, every process's Grain iterator state (all of
+  process_0..n-1-of-n present, each a JSON object) and the state's metadata and manifest. The tensors
+  themselves are checked by restoring them.
+  """
+  try:
+    _read_json_file(os.path.join(step_dir, "_CHECKPOINT_METADATA"))
+  except (OSError, ValueError) as e:
+    return "_CHECKPOINT_METADATA", _first_line(e)
+  for part in ("state", "config"):
+    if not os.path.isdir(os.path.join(step_dir, part)):
+      return part, "missing"
+  try:
+    if not isinstance(_read_json_file(os.path.join(step_dir, "config", "metadata")), dict):
+      return "config", "not a JSON object"
+  except (OSError, ValueError) as e:
+    return "config", _first_line(e)
+  for name in ("_METADATA", "manifest.ocdbt"):
+    path = os.path.join(step_dir, "state", name)
+    if os.path.exists(os.path.join(step_dir, "state", "_METADATA")) and name == "manifest.ocdbt" and \
+        not os.path.exists(path):
+      continue  # Not an OCDBT checkpoint: the tensor files are checked by the restore.
+    try:
+      if name == "_METADATA":
+        _read_json_file(path)
+      elif os.path.getsize(path) == 0:
+        return f"state/{name}", "empty file"
+    except (OSError, ValueError) as e:
+      return f"state/{name}", _first_line(e)
+  directory = os.path.join(step_dir, "data_iter")
+  if os.path.isdir(directory):
+    names = [n for n in os.listdir(directory) if n.startswith("process_")]
+    count = _iterator_process_count(directory)
+    if count is None:
+      return "data_iter", f"iterator files of several process counts or none: {sorted(names)[:4]}"
+    for i in range(count):
+      path = os.path.join(directory, f"process_{i}-of-{count}.json")
+      try:
+        state = _read_json_file(path)
+      except (OSError, ValueError) as e:
+        return f"data_iter/process_{i}-of-{count}.json", _first_line(e)
+      if not isinstance(state, dict):
+        return f"data_iter/process_{i}-of-{count}.json", "not a JSON object"
+  return None
+
+
+def _saved_num_workers(step_dir: str) -> int | None:
+  """data.num_workers of the config saved with a checkpoint (None when unknown)."""
+  try:
+    return int(_read_json_file(os.path.join(step_dir, "config", "metadata"))["data"]["num_workers"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def _reshard_iterator_state(directory: str, saved_by: int, data_iter: Any) -> bool:
