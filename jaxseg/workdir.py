@@ -415,3 +415,55 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
   spacing = [float(s) for s in config.data.spacing]
   if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
     raise ValueError(f"data.spacing: {tuple(config.data.spacing)} must be three positive finite mm values")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Full disks and other write failures: one line naming what was being written.
+
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.EFBIG: "file too large", errno.EIO: "I/O error"}
+# Orbax reports tensorstore's write failures as ValueError text ("... No space left on device
+# [os_error_code='28']"), not as OSError: the text is all there is to go by.
+_DISK_TEXT = {"no space left on device": "no space left on device", "disk quota exceeded": "disk quota exceeded",
+              "read-only file system": "read-only file system", "file too large": "file too large",
+              "os_error_code='28'": "no space left on device"}
+
+
+def disk_error(e: BaseException) -> str | None:
+  """"no space left on device" (or quota, read-only, permission...) when ``e`` or its causes is a failed
+  write of that kind; None for anything else."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return _DISK_ERRNOS[e.errno]
+    text = str(e).lower()
+    for needle, what in _DISK_TEXT.items():
+      if needle in text:
+        return what
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class DiskError(WorkdirError):
+  """A write that failed for lack of space (or permission): the message names the path and what was written."""
+
+
+def raise_if_disk_error(e: BaseException, path: str, doing: str, hint: str = "") -> None:
+  """Raises DiskError("<path>: <no space left on device> while <doing><hint>") when ``e`` is a disk error."""
+  what = disk_error(e)
+  if what is not None:
+    raise DiskError(f"{path}: {what} while {doing}{hint}") from e
+
+
+# Fault injection for tests (a real full disk needs a small file system, which tests cannot count on):
+# JAXSEG_FAULT_ENOSPC=<where>:<key> makes the matching write raise OSError(ENOSPC) before it starts, e.g.
+# "save:4" (the checkpoint save of step 4), "case:<case_id>" (preprocessing's write of that case).
+FAULT_ENV = "JAXSEG_FAULT_ENOSPC"
+
+
+def maybe_inject_enospc(where: str, key, path: str) -> None:
+  spec = os.environ.get(FAULT_ENV, "")
+  if spec and spec == f"{where}:{key}":
+    raise OSError(errno.ENOSPC, f"No space left on device (injected by {FAULT_ENV}={spec})", path)
