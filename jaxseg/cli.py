@@ -62,21 +62,102 @@ def init_processes() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def _one_line(msg) -> str:
+  """The first line of a message (library messages can carry a traceback's worth of detail)."""
+  lines = [l.strip() for l in str(msg).strip().splitlines() if l.strip()]
+  return lines[0] if lines else type(msg).__name__
+
+
 def user_errors(fn: Callable) -> Callable:
-  """Wraps an absl main so a user error exits with status 1 and one line naming the problem."""
+  """Wraps an absl main so a user error exits with status 1 and one line naming the problem.
+
+  User errors are bad flags, config values and data (USER_ERRORS), and failed writes the user can fix: a full
+  disk, a quota, a read-only or foreign folder (an OSError with a file name). Other exceptions keep their
+  traceback: they are bugs. Set JAXSEG_TRACEBACK=1 to see the traceback of a user error too.
+  """
 
   @functools.wraps(fn)
   def wrapped(argv):
     try:
       return fn(argv)
-    except USER_ERRORS as e:
+    except USER_ERRORS + (OSError,) as e:
+      if os.environ.get("JAXSEG_TRACEBACK") or (isinstance(e, OSError) and not _is_user_os_error(e)):
+        raise
       msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-      print(f"error: {msg}", file=sys.stderr)
+      if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        msg = f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+      print(f"error: {_one_line(msg)}", file=sys.stderr)
       sys.exit(1)
 
   return wrapped
 
 
+def _is_user_os_error(e: OSError) -> bool:
+  from jaxseg.workdir import disk_error  # pylint: disable=import-outside-toplevel
+  return bool(e.filename) or disk_error(e) is not None
+
+
 def parse_checkpoint(value: str | None) -> int | str | None:
-  """--checkpoint: a step number, "best", or None (the latest)."""
-  return int(value) if value and value.isdigit() else value
+  """--checkpoint: a step number, "best", or None/"" (the latest).
+
+  Raises:
+    ValueError: anything else (one line naming the flag).
+  """
+  if value is None or value == "" or value == "best":
+    return value or None
+  if value.isdigit():
+    return int(value)
+  raise ValueError(f"--checkpoint: {value!r} is not a step number, 'best', or empty (the latest)")
+
+
+def parse_floats(flag: str, values, count: int | None = None, positive: bool = False) -> tuple[float, ...]:
+  """A list flag of numbers (e.g. --spacing=1,1,1.5), or ValueError naming the flag and the bad value."""
+  out = []
+  for v in values:
+    try:
+      x = float(v)
+    except (TypeError, ValueError):
+      raise ValueError(f"{flag}: {v!r} is not a number (expected e.g. {flag}=1,1,1)") from None
+    if positive and not (x > 0 and x != float("inf")):
+      raise ValueError(f"{flag}: {v!r} must be a positive finite number")
+    out.append(x)
+  if count is not None and len(out) != count:
+    raise ValueError(f"{flag}: {len(out)} value(s) given, {count} expected")
+  return tuple(out)
+
+
+def check_output_dir(path: str | None, flag: str) -> None:
+  """Raises ValueError when an output folder flag names an existing file (or lies under one)."""
+  if not path:
+    raise ValueError(f"{flag}: an output folder is required")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{flag}: {path} exists and is not a directory")
+  parent = os.path.dirname(os.path.abspath(path))
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent and not os.path.isdir(parent):
+    raise ValueError(f"{flag}: {parent} (a parent of {path}) is a file, not a directory")
+
+
+def config_value(holder, flag: str = "--config"):
+  """The value of a config_flags flag, or ValueError naming the file when it cannot be loaded.
+
+  ml_collections defers a config file's load error to the first ``.value``, as a chained IOError some 40
+  lines long; this turns it into one line.
+  """
+  try:
+    return holder.value
+  except OSError as e:
+    path = ""
+    try:
+      path = flags.FLAGS[holder.name].config_filename
+    except Exception:  # pylint: disable=broad-except
+      pass
+    path = (path or "").split(":")[0]
+    if path and not os.path.exists(path):
+      raise ValueError(f"{flag}: {path}: no such config file") from None
+    cause = e.__cause__ or e.__context__ or e
+    while (cause.__cause__ or cause.__context__) is not None:
+      cause = cause.__cause__ or cause.__context__
+    raise ValueError(f"{flag}: {path or '?'}: cannot be loaded ({type(cause).__name__}: "
+                     f"{_one_line(cause)})") from None

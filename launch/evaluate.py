@@ -19,6 +19,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a trained run
 _DATA = flags.DEFINE_string("data", None, "layout:dir of the data set to evaluate on.", required=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint step, 'best', or unset for the latest.")
 _OUT = flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval/<data>_step_<step>).")
+_CACHE = flags.DEFINE_string("cache_dir", None, "Preprocessed cache of --data (default <dir>_cache_<spacing> "
+                             "beside the data set; set it when that folder is read-only).")
 
 
 @cli.user_errors
@@ -27,8 +29,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxseg.infer.evaluate import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
   step = cli.parse_checkpoint(_CHECKPOINT.value)
-  eval_cfg = _CONFIG.value.eval if _CONFIG.value is not None else None
-  s = evaluate_checkpoint(_WORKDIR.value, _DATA.value, step, eval_cfg, _OUT.value)
+  config = cli.config_value(_CONFIG)
+  eval_cfg = config.eval if config is not None else None
+  if _OUT.value:
+    cli.check_output_dir(_OUT.value, "--out")
+  if _CACHE.value:
+    cli.check_output_dir(_CACHE.value, "--cache_dir")
+  s = evaluate_checkpoint(_WORKDIR.value, _DATA.value, step, eval_cfg, _OUT.value, cache_dir=_CACHE.value)
   print(json.dumps({k: v for k, v in s.items() if isinstance(v, (float, str)) and "/" not in k}))
 
 

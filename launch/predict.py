@@ -2,7 +2,12 @@
 
   python launch/predict.py --workdir=runs/phantom --input=/data/ct.nii.gz --output=/tmp/pred
   python launch/predict.py --workdir=runs/phantom --input=/data/cts/ --output=/tmp/pred --checkpoint=best
+
+A folder goes on past a file that cannot be read or predicted: the good ones are written (with scores.json),
+the failures are listed at the end, one line each, and the exit status is 1.
 """
+
+import sys
 
 from absl import app, flags
 
@@ -18,14 +23,22 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint step, 'best', 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.check_output_dir(_OUTPUT.value, "--output")
+  step = cli.parse_checkpoint(_CHECKPOINT.value)
   import jax  # pylint: disable=g-import-not-at-top
   from jaxseg import checkpoint, parallel  # pylint: disable=g-import-not-at-top
   from jaxseg.infer.predict import predict_files  # pylint: disable=g-import-not-at-top
-  step = cli.parse_checkpoint(_CHECKPOINT.value)
   mesh = parallel.make_mesh(jax.local_devices())
   config, params, used = checkpoint.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
-  written = predict_files(config, params, _INPUT.value, _OUTPUT.value, mesh=mesh)
+  failures = []
+  written = predict_files(config, params, _INPUT.value, _OUTPUT.value, mesh=mesh, failures=failures)
   print(f"wrote {len(written)} prediction(s) of checkpoint {used} to {_OUTPUT.value}")
+  if failures:
+    for line in failures:
+      print(f"failed: {line}", file=sys.stderr)
+    print(f"error: {len(failures)} of {len(written) + len(failures)} input(s) failed (listed above)",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg.data.preprocess import preprocess_dataset
 from jaxseg.io.layouts import LAYOUTS
 from jaxseg.io.nifti import DataError
@@ -25,11 +26,13 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Parallel processes.")
 def main(argv):
   del argv
   try:
-    spacing = tuple(float(s) for s in _SPACING.value)
+    spacing = cli.parse_floats("--spacing", _SPACING.value, count=3, positive=True)
+    cli.check_output_dir(_DST.value, "--dst")
     report = preprocess_dataset(_LAYOUT.value, _SRC.value, _DST.value, spacing, tuple(_ORGANS.value),
                                 workers=_WORKERS.value)
   except (DataError, ValueError) as e:
-    raise app.UsageError(str(e)) from None
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(report.summary())
   sys.exit(1 if report.skipped else 0)
 

@@ -6,6 +6,7 @@ wasteful) before building loaders.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from absl import logging
@@ -53,8 +54,15 @@ def prepare_data(data_cfg) -> str:
   ids = [r.case_id for r in read_layout(layout, root)]
   if cache_is_complete(cache_dir, ids):
     return cache_dir
-  report = preprocess_dataset(layout, root, cache_dir, data_cfg.spacing, organs,
-                              workers=int(data_cfg.preprocess_workers))
+  try:
+    report = preprocess_dataset(layout, root, cache_dir, data_cfg.spacing, organs,
+                                workers=int(data_cfg.preprocess_workers))
+  except OSError as e:
+    if data_cfg.cache_dir or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+      raise
+    # The default cache lives beside the data set, whose folder is often read-only (a shared data disk).
+    raise ValueError(f"{cache_dir}: cannot write the cache beside the data set ({e.strerror}); pass "
+                     "--cache_dir (evaluate.py) or --config.data.cache_dir (train.py) to put it elsewhere") from None
   for line in report.summary().splitlines():
     logging.info("%s", line)
   if not (report.processed or report.existing):

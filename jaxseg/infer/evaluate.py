@@ -89,7 +89,7 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
 
 def evaluate_checkpoint(workdir: str, data_spec: str, step: int | str | None = None,
                         eval_config: ml_collections.ConfigDict | None = None, out_dir: str | None = None,
-                        mesh=None) -> dict:
+                        mesh=None, cache_dir: str | None = None) -> dict:
   """Evaluates a run's checkpoint on every case of a data set.
 
   The run's own config fixes the model, organs, spacing and HU window; ``eval_config`` (a config's
@@ -102,6 +102,8 @@ def evaluate_checkpoint(workdir: str, data_spec: str, step: int | str | None = N
     eval_config: replaces the run's config.eval when given.
     out_dir: report folder; default <workdir>/eval/<data set name>_step_<step>.
     mesh: device mesh for the windows; default all local devices.
+    cache_dir: where the data set's preprocessed cache is (made there on first use); default
+      "<dir>_cache_<spacing>" beside the data set, which needs the data set's parent to be writable.
 
   Returns:
     The summary dict (see ``evaluate_cases``).
@@ -116,7 +118,7 @@ def evaluate_checkpoint(workdir: str, data_spec: str, step: int | str | None = N
   if eval_config is not None:
     config.eval = eval_config
   data_cfg = copy.deepcopy(config.data)
-  data_cfg.layout, data_cfg.root, data_cfg.cache_dir = layout, root, ""
+  data_cfg.layout, data_cfg.root, data_cfg.cache_dir = layout, root, cache_dir or ""
   cache_dir = prepare_data(data_cfg)
   ids = [c["case_id"] for c in cache.list_cases(cache_dir)]
   name = os.path.basename(os.path.normpath(root))
