@@ -29,7 +29,8 @@ def main(argv):
     summary = nifti_tool.synthesize_file(_IMAGE.value, _MASK.value, _ORGAN.value, _OUT.value, _SEED.value,
                                          _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value)
   except ValueError as e:
-    sys.exit(f"synthesize: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(json.dumps(summary))
 
 

@@ -21,10 +21,10 @@ import nibabel as nib
 import numpy as np
 import tqdm
 
-from jaxseg import labels as label_space
+from jaxseg import labels as label_space, workdir as workdir_lib
 from jaxseg.data import cache
 from jaxseg.data.geometry import to_canonical
-from jaxseg.data.reading import find_duplicates, read_case
+from jaxseg.data.reading import find_duplicates, geometry_problems, read_case
 from jaxseg.io.layouts import CaseRecord, read_layout
 from jaxseg.io.nifti import DataError, load_nifti, read_array, spatial_shape
 
@@ -72,6 +72,9 @@ def preprocess_image(path: str, spacing) -> tuple[np.ndarray, dict]:
   """
   img = load_nifti(path)
   shape = spatial_shape(img, path)
+  problems = geometry_problems(img, path)
+  if problems:
+    raise DataError(problems[0])
   data = read_array(img, path, np.float32).reshape(shape)
   if not np.isfinite(data).all():
     raise DataError(f"{path}: {int((~np.isfinite(data)).sum())} NaN or infinite voxels")
@@ -118,7 +121,25 @@ def organ_status(counts: dict[str, int], organs: tuple[str, ...], annotated: tup
 
 
 def preprocess_case(record: CaseRecord, dst: str, spacing, organs: tuple[str, ...]) -> tuple[str, str | None, list[str]]:
-  """Preprocesses one case into the cache. Returns (case_id, fatal problem or None, warnings)."""
+  """Preprocesses one case into the cache. Returns (case_id, fatal problem or None, warnings).
+
+  A bad case never stops the set: whatever goes wrong with this case's data (a DataError, or an error the
+  checks did not foresee) comes back as its one-line problem. A full disk is different (every later case
+  would fail too, and the message must say which case was being written): it raises DiskError.
+  """
+  try:
+    return _preprocess_case(record, dst, spacing, organs)
+  except DataError as e:
+    return record.case_id, str(e), []
+  except Exception as e:  # pylint: disable=broad-except
+    workdir_lib.raise_if_disk_error(e, cache.case_dir(dst, record.case_id),
+                                    f"writing case {record.case_id!r}",
+                                    "; cases already written are kept and a rerun resumes")
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return record.case_id, f"{record.image}: cannot be preprocessed ({type(e).__name__}: {first})", []
+
+
+def _preprocess_case(record: CaseRecord, dst: str, spacing, organs: tuple[str, ...]) -> tuple[str, str | None, list[str]]:
   try:
     case = read_case(record, organs)
   except DataError as e:
@@ -130,6 +151,7 @@ def preprocess_case(record: CaseRecord, dst: str, spacing, organs: tuple[str, ..
   meta.update(case_id=record.case_id, source_image=record.image, shape=list(label.shape),
               organs=organ_status(counts, organs, case.annotated), counts=counts, locs=ranges,
               label_organs=list(organs))
+  workdir_lib.maybe_inject_enospc("case", record.case_id, cache.case_dir(dst, record.case_id))
   cache.write_case(dst, record.case_id, to_hu_int16(image), label, locs, meta)
   return record.case_id, None, case.warnings
 
@@ -205,6 +227,11 @@ def preprocess_dataset(layout: str, src: str, dst: str, spacing, organs, workers
     else:
       report.skipped.append((case_id, problem))
   done = sorted(report.processed + report.existing)
-  cache.write_index(dst, done, report.skipped)
+  try:
+    cache.write_index(dst, done, report.skipped)
+  except OSError as e:
+    workdir_lib.raise_if_disk_error(e, os.path.join(dst, "index.json"), "writing the index",
+                                    "; the cases are written: a rerun writes only the index")
+    raise
   report.seconds = time.time() - t0
   return report

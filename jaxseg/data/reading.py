@@ -38,12 +38,39 @@ class CaseArrays:
   warnings: list[str]          # non-fatal problems (empty organ masks)
 
 
+def geometry_problems(img: nib.Nifti1Image, path: str) -> list[str]:
+  """Problems of an image's geometry that preprocessing cannot work with, one line each ([] when fine).
+
+  Preprocessing reorients by the affine and resamples by the spacing its columns give: a NaN or infinite
+  affine, a zero (or NaN) spacing, or a singular direction matrix (two axes along one line) would give a
+  division by zero or a garbage grid far into the run; the header's own voxel sizes are what evaluation
+  scores distances with, so they must be positive and finite too.
+  """
+  a = np.asarray(img.affine, dtype=np.float64)
+  if a.shape != (4, 4) or not np.isfinite(a).all():
+    return [f"{path}: the affine has NaN or infinite values"]
+  zooms = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+  if not (zooms > 1e-6).all():
+    return [f"{path}: voxel spacing {tuple(round(float(z), 6) for z in zooms)} mm is not positive (a zero column "
+            "in the affine)"]
+  direction = a[:3, :3] / zooms
+  if abs(float(np.linalg.det(direction))) < 1e-3:
+    return [f"{path}: the direction matrix is singular (two voxel axes point the same way)"]
+  header = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+  if len(header) == 3 and not (np.isfinite(header).all() and (header > 0).all()):
+    return [f"{path}: header voxel sizes (pixdim) {tuple(float(z) for z in header)} are not positive and finite"]
+  return []
+
+
 def _check_geometry(img: nib.Nifti1Image, path: str, ref_shape, ref_affine, ref_path: str,
                     problems: list[str]) -> bool:
   try:
     shape = spatial_shape(img, path)
   except DataError as e:
     problems.append(str(e))
+    return False
+  if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
+    problems.append(f"{path}: the affine has NaN or infinite values")
     return False
   if tuple(shape) != tuple(ref_shape):
     problems.append(f"{path}: shape {tuple(shape)} differs from image shape {tuple(ref_shape)} ({ref_path})")
@@ -95,6 +122,7 @@ def read_case(record: CaseRecord, organs: tuple[str, ...], validate_all: bool = 
     image = read_array(img, record.image, np.float32).reshape(shape)
   except DataError as e:
     raise CaseError([str(e)]) from e
+  problems += geometry_problems(img, record.image)
   if not np.isfinite(image).all():
     bad = int((~np.isfinite(image)).sum())
     problems.append(f"{record.image}: {bad} NaN or infinite voxels")

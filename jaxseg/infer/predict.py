@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxseg import labels as labels_lib
+from jaxseg import labels as labels_lib, workdir as workdir_lib
 from jaxseg.data import geometry
 from jaxseg.data.preprocess import preprocess_image
 from jaxseg.infer import postprocess as post
@@ -143,7 +143,8 @@ def case_name(path: str) -> str:
 
 
 def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Sequence[str], output_dir: str,
-                  mesh=None, predict_fn: Callable | None = None, progress: bool = True) -> list[str]:
+                  mesh=None, predict_fn: Callable | None = None, progress: bool = True,
+                  failures: list[str] | None = None) -> list[str]:
   """Predicts NIfTI CTs and writes their label maps on the original grids.
 
   Each input is reoriented to RAS+ and resampled to ``config.data.spacing``, segmented with
@@ -159,6 +160,9 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
     output_dir: where predictions go (created).
     mesh, predict_fn: see ``predict_volume``.
     progress: show a progress bar over cases.
+    failures: when given, a file that cannot be read or predicted (a DataError, or any error of that case)
+      does not stop the others: "<file>: <problem>" is appended here and the next file goes on, so one bad
+      scan in a folder of hundreds costs that scan only. scores.json then holds the good ones.
 
   Returns:
     The written prediction paths, in input order.
@@ -173,13 +177,19 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
     names_out = [f"{os.path.basename(os.path.dirname(os.path.abspath(f)))}_{n}"
                  for f, n in zip(files, names_out)]
   for path, name in tqdm.tqdm(list(zip(files, names_out)), desc="predict", unit="case", disable=not progress):
-    image, meta = preprocess_image(path, tuple(config.data.spacing))
-    labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)
-    back = geometry.from_canonical(labels, meta, order=0)
-    out = os.path.join(output_dir, name + ".nii.gz")
-    nifti.save_nifti(back.astype(np.uint8), np.asarray(meta["original_affine"]), out, dtype=np.uint8)
+    try:
+      image, meta = preprocess_image(path, tuple(config.data.spacing))
+      labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)
+      back = geometry.from_canonical(labels, meta, order=0)
+      out = os.path.join(output_dir, name + ".nii.gz")
+      nifti.save_nifti(back.astype(np.uint8), np.asarray(meta["original_affine"]), out, dtype=np.uint8)
+    except Exception as e:  # pylint: disable=broad-except
+      if failures is None or workdir_lib.disk_error(e) is not None:
+        raise  # A full disk fails every later file too: stop (the caller's one line names it).
+      msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      failures.append(msg if msg.startswith(path) else f"{path}: {type(e).__name__}: {msg}")
+      continue
     written.append(out)
     all_scores[name] = {names[i]: s for i, s in scores.items()}
-  with open(os.path.join(output_dir, "scores.json"), "w") as f:
-    json.dump(all_scores, f, indent=2)
+  workdir_lib.atomic_write_text(os.path.join(output_dir, "scores.json"), json.dumps(all_scores, indent=2))
   return written

@@ -32,7 +32,7 @@ def _case_files(folder: str) -> dict[str, str]:
 def evaluate_folder(pred_dir: str, gt_dir: str, labels: Sequence[evaluation.LabelSpec] | str,
                     out_dir: str, nsd_tolerance_mm: float = 2.0, min_tumor_volume_mm3: float = 0.0,
                     num_bootstrap: int = 1000, seed: int = 0, plots: bool = True,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, ignore_unlisted_labels: bool = False) -> dict:
   """Scores every ground-truth file of ``gt_dir`` against the prediction of the same name.
 
   Args:
@@ -43,14 +43,21 @@ def evaluate_folder(pred_dir: str, gt_dir: str, labels: Sequence[evaluation.Labe
     nsd_tolerance_mm, min_tumor_volume_mm3, num_bootstrap, seed: see ``evaluation``.
     plots: write the PNG plots.
     progress: show a progress bar over cases.
+    ignore_unlisted_labels: score only ``labels`` even when a ground truth holds other values. Off by
+      default: a ground-truth value missing from ``labels`` is usually a mistyped id (liver:1,tumor:3 for a
+      data set whose tumour is 2), which would otherwise score a tumour-free data set without a word.
 
   Returns:
     The summary dict (also written to summary.json).
 
   Raises:
-    ValueError: a folder is missing or empty, a prediction is missing, or a prediction's grid (shape or
-      affine) differs from its ground truth's; the message names the file.
+    ValueError: a folder is missing or empty, a prediction is missing, a prediction's grid (shape or
+      affine) differs from its ground truth's, a ground truth's voxel sizes are not positive and finite,
+      or a ground truth holds a label value missing from ``labels`` (unless ignore_unlisted_labels); the
+      message names the file.
   """
+  if not nsd_tolerance_mm > 0:
+    raise ValueError(f"nsd_tolerance_mm: {nsd_tolerance_mm} must be positive")
   if isinstance(labels, str):
     labels = evaluation.parse_labels(labels)
   gts, preds = _case_files(gt_dir), _case_files(pred_dir)
@@ -59,6 +66,7 @@ def evaluate_folder(pred_dir: str, gt_dir: str, labels: Sequence[evaluation.Labe
   missing = [c for c in gts if c not in preds]
   if missing:
     raise ValueError(f"{pred_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
+  listed = {0} | {int(l.id) for l in labels}
   rows, tumors = [], []
   for case in tqdm.tqdm(list(gts), desc="evaluate", disable=not progress):
     gimg, g = nifti.read_volume(gts[case], dtype=None)
@@ -68,7 +76,17 @@ def evaluate_folder(pred_dir: str, gt_dir: str, labels: Sequence[evaluation.Labe
     if not np.allclose(gimg.affine, pimg.affine, atol=1e-3):
       raise ValueError(f"{preds[case]}: affine differs from the ground truth's ({gts[case]})")
     spacing = [float(z) for z in gimg.header.get_zooms()[:3]]
-    r, t = evaluation.evaluate_case(case, np.rint(g).astype(np.int32), np.rint(p).astype(np.int32),
+    if not all(np.isfinite(z) and z > 0 for z in spacing):
+      raise ValueError(f"{gts[case]}: voxel sizes {tuple(spacing)} mm are not positive and finite (distances "
+                       "and volumes cannot be measured)")
+    gi = np.rint(g).astype(np.int32)
+    if not ignore_unlisted_labels:
+      unlisted = sorted(set(np.unique(gi).tolist()) - listed)
+      if unlisted:
+        raise ValueError(f"{gts[case]}: ground-truth label value(s) {unlisted[:10]} are not in --labels "
+                         f"({', '.join(f'{l.name}:{l.id}' for l in labels)}); add them, or pass "
+                         "--ignore_unlisted_labels to score only the listed ones")
+    r, t = evaluation.evaluate_case(case, gi, np.rint(p).astype(np.int32),
                                     spacing, labels, nsd_tolerance_mm, min_tumor_volume_mm3)
     rows += r
     tumors += t

@@ -15,6 +15,7 @@ import matplotlib
 import nibabel as nib
 import numpy as np
 
+from jaxseg.data.reading import geometry_problems
 from jaxseg.io.nifti import load_nifti, read_array
 from jaxseg.synth import figures
 from jaxseg.synth.batch import synthesize
@@ -80,6 +81,12 @@ def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, s
   mdata = read_array(msk, mask_path, dtype=None)
   if data.ndim != 3 or data.shape != mdata.shape:
     raise ValueError(f"{mask_path}: shape {mdata.shape} does not match the image {image_path} {data.shape}")
+  if not np.isfinite(data).all():
+    # The int16 output would turn NaN into 0 HU (water) silently: a fake tissue value in the written CT.
+    raise ValueError(f"{image_path}: {int((~np.isfinite(data)).sum())} NaN or infinite voxels")
+  problems = geometry_problems(img, image_path)
+  if problems:
+    raise ValueError(problems[0])
   organ_mask = np.isin(mdata, mask_labels) if mask_labels else mdata > 0
   if not organ_mask.any():
     raise ValueError(f"{mask_path}: no organ voxel (labels {mask_labels or 'non-zero'})")
