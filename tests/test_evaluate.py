@@ -142,7 +142,18 @@ def test_evaluate_folder_errors(tmp_path):
     evaluate_folder(pred_dir, gt_dir, "liver:1", str(tmp_path / "o"), progress=False)
   nifti.save_nifti(np.zeros((5, 5, 5), np.uint8), np.eye(4), os.path.join(pred_dir, "b.nii.gz"))
   with pytest.raises(ValueError, match="b.nii.gz: shape"):
-    evaluate_folder(pred_dir, gt_dir, "liver:1", str(tmp_path / "o"), progress=False)
+    evaluate_folder(pred_dir, gt_dir, "liver:1,liver_tumor:2", str(tmp_path / "o"), progress=False)
+
+
+def test_evaluate_folder_refuses_unlisted_ground_truth_labels(tmp_path):
+  pred_dir, gt_dir = _write_folders(tmp_path)
+  out = str(tmp_path / "o")
+  with pytest.raises(ValueError, match=r"a.nii.gz: ground-truth label value\(s\) \[2\] are not in --labels"):
+    evaluate_folder(pred_dir, gt_dir, "liver:1", out, progress=False)
+  assert not os.path.exists(out)  # Refused before anything was written.
+  s = evaluate_folder(pred_dir, gt_dir, "liver:1", out, num_bootstrap=10, progress=False,
+                      ignore_unlisted_labels=True)
+  assert s["organ_dsc"] > 0.9 and "liver_tumor/dsc" not in s
 
 
 def test_evaluate_folder_cli(tmp_path):
