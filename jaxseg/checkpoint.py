@@ -170,7 +170,7 @@ class RunCheckpointer:
         dst = os.path.join(aside, f"{step}.{int(time.time())}")
         if os.path.exists(src):
           os.replace(src, dst)
-          logging.warning("%s: moved to %s (a new step %d will be written)", src, dst, step)
+          logging.warning("%s: set aside as %s for inspection (a new step %d will be written)", src, dst, step)
     if steps:
       parallel.barrier("jaxseg_checkpoints_set_aside", 600.0)
       self._last.reload()
