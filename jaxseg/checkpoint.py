@@ -21,7 +21,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jaxseg import labels as labels_lib, parallel
+from jaxseg import labels as labels_lib, parallel, workdir as workdir_lib
 from jaxseg.models import build_model
 from jaxseg.train import state as state_lib
 from jaxseg.train.optim import make_optimizer
@@ -47,6 +47,7 @@ class RunCheckpointer:
 
   def save(self, step: int, state: dict, data_iter: Any, config: ml_collections.ConfigDict) -> None:
     """Saves the state, the data iterator and the config at ``step`` (asynchronously)."""
+    workdir_lib.maybe_inject_enospc("save", step, os.path.join(self._last.directory, str(step)))
     args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config.to_dict())}
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -112,6 +113,10 @@ class RunCheckpointer:
                         "iterator state does not map onto another worker count).", step, saved_workers,
                         num_workers)
     return restored["state"], data_restored
+
+  def best_step(self) -> int | None:
+    """The step kept in best/, or None when best/ is empty."""
+    return self._best.latest_step()
 
   def all_steps(self) -> list[int]:
     return sorted(self._last.all_steps())

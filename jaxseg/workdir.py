@@ -450,6 +450,29 @@ class DiskError(WorkdirError):
   """A write that failed for lack of space (or permission): the message names the path and what was written."""
 
 
+def failed_path(e: BaseException, default: str) -> str:
+  """The file a failed write names (an OSError's filename, or the path in Orbax's message), else ``default``."""
+  import re  # pylint: disable=import-outside-toplevel
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.filename:
+      return str(e.filename)
+    m = re.search(r'(?:Failed writing|local file): "([^"]+)"', str(e))
+    if m:
+      return m.group(1)
+    e = e.__cause__ or e.__context__
+  return default
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The committed checkpoint steps of ``workdir`` (folder names only: cheap, before Orbax is opened)."""
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
 def raise_if_disk_error(e: BaseException, path: str, doing: str, hint: str = "") -> None:
   """Raises DiskError("<path>: <no space left on device> while <doing><hint>") when ``e`` is a disk error."""
   what = disk_error(e)
