@@ -139,6 +139,39 @@ def check_output_dir(path: str | None, flag: str) -> None:
     raise ValueError(f"{flag}: {parent} (a parent of {path}) is a file, not a directory")
 
 
+def run(main: Callable, config_flag: str = "config") -> None:
+  """``app.run(main)``, with a config file that cannot be loaded reported in one line.
+
+  With a ``--config.x=...`` override, ml_collections loads the file while absl parses the flags, before
+  ``main`` runs, and a missing file escapes as a 40-line chained IOError: caught here, named in one line.
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  started = []
+
+  def tracked(argv):
+    started.append(True)
+    return main(argv)
+
+  try:
+    app.run(tracked)
+  except OSError as e:
+    if started:
+      raise
+    path = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(f"--{config_flag}=")), "")
+    print(f"error: {_config_error(f'--{config_flag}', path, e)}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _config_error(flag: str, path: str, e: BaseException) -> str:
+  path = (path or "").split(":")[0]
+  if path and not os.path.exists(path):
+    return f"{flag}: {path}: no such config file"
+  cause = e
+  while (cause.__cause__ or cause.__context__) is not None:
+    cause = cause.__cause__ or cause.__context__
+  return f"{flag}: {path or '?'}: cannot be loaded ({type(cause).__name__}: {_one_line(cause)})"
+
+
 def config_value(holder, flag: str = "--config"):
   """The value of a config_flags flag, or ValueError naming the file when it cannot be loaded.
 
@@ -153,11 +186,4 @@ def config_value(holder, flag: str = "--config"):
       path = flags.FLAGS[holder.name].config_filename
     except Exception:  # pylint: disable=broad-except
       pass
-    path = (path or "").split(":")[0]
-    if path and not os.path.exists(path):
-      raise ValueError(f"{flag}: {path}: no such config file") from None
-    cause = e.__cause__ or e.__context__ or e
-    while (cause.__cause__ or cause.__context__) is not None:
-      cause = cause.__cause__ or cause.__context__
-    raise ValueError(f"{flag}: {path or '?'}: cannot be loaded ({type(cause).__name__}: "
-                     f"{_one_line(cause)})") from None
+    raise ValueError(_config_error(flag, path, e)) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import zlib
 
@@ -19,7 +18,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxseg import checkpoint as ckpt_lib, labels as labels_lib, parallel
+from jaxseg import checkpoint as ckpt_lib, labels as labels_lib, parallel, workdir as workdir_lib
 from jaxseg.config_checks import ConfigError, check_config
 from jaxseg.models import build_model
 from jaxseg.train import state as state_lib
@@ -31,33 +30,6 @@ from jaxseg.train.step import make_train_step
 # of this step (a real kill: no Python cleanup runs). JAXSEG_KILL_PROCESS limits it to one process index.
 _KILL_ENV = "JAXSEG_KILL_AT_STEP"
 _KILL_PROCESS_ENV = "JAXSEG_KILL_PROCESS"
-
-
-def record_run(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json and versions.json; keeps a differing earlier config beside it."""
-  path = os.path.join(workdir, "config.json")
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-    if old != text:
-      n = len([p for p in os.listdir(workdir) if p.startswith("config.previous")])
-      os.replace(path, os.path.join(workdir, f"config.previous{n}.json"))
-      logging.warning("%s: the config differs from the one this run was started with; the old one is kept "
-                      "as config.previous%d.json", path, n)
-  with open(path, "w") as f:
-    f.write(text)
-  versions = {"python": platform.python_version(), "platform": platform.platform(),
-              "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
-  import importlib.metadata as md  # pylint: disable=import-outside-toplevel
-  for pkg in ("jaxseg", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "scipy",
-              "nibabel", "ml-collections", "absl-py"):
-    try:
-      versions[pkg] = md.version(pkg)
-    except md.PackageNotFoundError:
-      versions[pkg] = None
-  with open(os.path.join(workdir, "versions.json"), "w") as f:
-    json.dump(versions, f, indent=2)
 
 
 def _maybe_kill(step: int, ckpt: ckpt_lib.RunCheckpointer) -> None:
@@ -118,21 +90,40 @@ def validate(config, state, cache_dir: str, val_ids: list[str], workdir: str, st
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from ``workdir`` when it holds a checkpoint), validates, and returns the summary.
 
+  Holds the work directory's lock (process 0) for the whole run, and turns a full disk anywhere in the run
+  into one line naming the file and the last complete checkpoint (jaxseg/workdir.py).
+
   Returns:
     dict with the final training metrics and, when the config holds out validation cases, the summary of
     evaluate_cases on them (keys like tumor_dsc) and the path of its report.
   Raises:
     ConfigError: a bad config value (the message names the field).
     FloatingPointError: the loss became non-finite (the message names the step and the last checkpoint).
+    WorkdirError: the work directory is in use by another run, is a file, was trained with an incompatible
+      config, or its disk is full (DiskError).
   """
-  if not workdir:
-    raise ConfigError("--workdir: a work directory is required (checkpoints, logs and reports go there)")
+  workdir_lib.check_workdir_path(workdir)
+  workdir_lib.check_run_config(config)
   mesh = parallel.make_mesh()
   check_config(config, mesh.devices.size)
-  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    record_run(workdir, config)
+  with workdir_lib.lock_workdir(workdir, jax.process_index() == 0):
+    try:
+      return _train_and_evaluate(config, workdir, mesh)
+    except Exception as e:  # pylint: disable=broad-except
+      steps = workdir_lib.checkpoint_steps(workdir)
+      workdir_lib.raise_if_disk_error(
+          e, workdir_lib.failed_path(e, workdir), "writing the run's files",
+          f"; checkpoints up to step {steps[-1]} are complete; free space and rerun the same command to resume"
+          if steps else "; free space and rerun")
+      raise
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict:
+  """train_and_evaluate under the work directory's lock."""
+  is_main = jax.process_index() == 0
+  # Refused before any work; config.json itself is rewritten only once the checkpoint has been restored.
+  changes = workdir_lib.check_resume_config(workdir, config, bool(workdir_lib.checkpoint_steps(workdir)))
   cache_dir, train_ids, val_ids = prepare(config)
 
   from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
@@ -146,17 +137,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = build_model(config.model, labels_lib.num_classes(organs))
   optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
   ckpt = ckpt_lib.RunCheckpointer(workdir, config.train.keep_checkpoints, config.train.best_metric)
-  start = ckpt.latest_step()
+  # The newest checkpoint whose every part is intact (a damaged one is named and set aside).
+  abstract = state_lib.abstract_state(config, model, optimizer, mesh)
+  state, start, _ = ckpt.restore_latest_intact(abstract, data_iter, int(config.data.num_workers))
   if start is None:
     state, start = state_lib.init_state(config, model, optimizer, mesh), 0
     logging.info("fresh start: %d parameters", state_lib.count_params(state["params"]))
   else:
-    abstract = state_lib.abstract_state(config, model, optimizer, mesh)
-    state, _ = ckpt.restore(start, abstract, data_iter)
     logging.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), start)
+  if is_main:
+    workdir_lib.record_config(workdir, config, changes, start)
+    workdir_lib.record_versions(workdir)
 
   train_step = make_train_step(config, model, optimizer, schedule, mesh)
   log = MetricsLog(workdir, enabled=is_main)
+  log.truncate_after(start)  # Steps after the checkpoint are trained (and logged) again.
   progress = Progress(start, config.train.num_steps, enabled=is_main)
   t = config.train
   pending = None  # (step, metrics) of the last dispatched step: checked one step late to keep the device busy.
@@ -197,16 +192,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           log.write({"step": step, **{f"val/{k}": v for k, v in summary.items() if isinstance(v, float)}})
     if pending is not None:
       last = check(pending)
+    if start >= t.num_steps:  # Already trained: report the saved validation (or validate, if it never ran).
+      summary = _finished_summary(workdir, t.num_steps) or validate(config, state, cache_dir, val_ids, workdir,
+                                                                     t.num_steps)
+    if val_ids:
+      _ensure_best(ckpt, t.num_steps, state, summary, config, workdir)
   finally:
     ckpt.wait()
     ckpt.close()
     close = getattr(data_iter, "close", None) or getattr(loader, "close", None)
     if close is not None:
       close()
-  if start >= t.num_steps:  # Already trained: report the saved validation (or validate, if it never ran).
-    summary = _finished_summary(workdir, t.num_steps) or validate(config, state, cache_dir, val_ids, workdir,
-                                                                   t.num_steps)
   return {**last, **summary, "step": t.num_steps, "workdir": workdir}
+
+
+def _ensure_best(ckpt, step: int, state, summary: dict, config, workdir: str) -> None:
+  """Makes sure a run with validation ends with best/ filled, or says why it is empty.
+
+  best/ is filled by save_best after a validation; a run killed between its final validation and that save,
+  or one whose validation metric is NaN, would otherwise end with best/ empty and no word about it (and
+  --checkpoint=best failing later).
+  """
+  if ckpt.best_step() is not None:
+    return
+  value = summary.get(config.train.best_metric)
+  if isinstance(value, (int, float)) and value == value and ckpt.save_best(step, state, summary, config):
+    logging.info("%s: kept step %d (its validation had no best/ checkpoint yet)", os.path.join(workdir, "best"),
+                 step)
+    return
+  logging.warning("%s is empty: the validation of step %d gave %s = %s (NaN or missing: e.g. no held-out "
+                  "case with a tumour); use --checkpoint=<step> for inference", os.path.join(workdir, "best"),
+                  step, config.train.best_metric, value)
 
 
 def _finished_summary(workdir: str, step: int) -> dict:
