@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from typing import Any
 
@@ -25,6 +26,9 @@ from jaxseg import labels as labels_lib, parallel, workdir as workdir_lib
 from jaxseg.models import build_model
 from jaxseg.train import state as state_lib
 from jaxseg.train.optim import make_optimizer
+
+
+KILL_IN_SAVE_ENV = "JAXSEG_KILL_IN_SAVE"
 
 
 class RunCheckpointer:
@@ -52,6 +56,10 @@ class RunCheckpointer:
     if data_iter is not None:
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     self._last.save(step, args=ocp.args.Composite(**args), force=True)
+    if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+      # Fault injection for tests: SIGKILL while Orbax is still writing this step in the background.
+      logging.warning("%s=%d: killing process %d during the save", KILL_IN_SAVE_ENV, step, jax.process_index())
+      os.kill(os.getpid(), signal.SIGKILL)
 
   def save_best(self, step: int, state: dict, metrics: dict, config: ml_collections.ConfigDict) -> bool:
     """Keeps ``state`` in best/ when ``metrics[best_metric]`` beats the kept one. Returns True if saved."""

@@ -342,3 +342,112 @@ def test_train_cli_fails_in_one_line_before_any_work(tmp_path, args, expect):
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and _last_line(proc).startswith(expect.format(**fmt)), proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "nodata")  # Nothing was prepared.
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: launch/train.py on copies of one tiny trained run.
+
+STEPS = ["--config.train.num_steps=6", "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=5",
+         "--config.eval.bootstrap=10"]
+
+
+def _train(workdir, data_root, *overrides, env=None):
+  cmd = [sys.executable, TRAIN, "--config=" + os.path.join(ROOT, "configs", "phantom.py") + ":smoke",
+         f"--workdir={workdir}", f"--config.data.root={data_root}", *STEPS, *overrides]
+  return subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {})),
+                        capture_output=True, text=True, timeout=600)
+
+
+def _losses(workdir) -> dict[int, tuple]:
+  """(data_crc, loss) per logged training step; fails if a step is logged twice or a line is not JSON."""
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    if "loss" in r:
+      assert r["step"] not in out, f"step {r['step']} logged twice"
+      out[r["step"]] = (r["data_crc"], r["loss"])
+  return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One finished 6-step smoke run with checkpoints at 2, 4, 6 and a final validation on 2 held-out cases."""
+  base = tmp_path_factory.mktemp("reliability")
+  data_root, workdir = str(base / "phantoms"), str(base / "run")
+  proc = _train(workdir, data_root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, data_root
+
+
+def _copy(trained, tmp_path) -> str:
+  dst = str(tmp_path / "run")
+  shutil.copytree(trained[0], dst)
+  return dst
+
+
+def test_damaged_checkpoints_are_named_and_the_newest_intact_one_resumes_exactly(trained, tmp_path):
+  wd = _copy(trained, tmp_path)
+  ck = os.path.join(wd, "checkpoints")
+  for name in os.listdir(os.path.join(ck, "6", "state", "d")):  # A truncated tensor file in step 6...
+    os.truncate(os.path.join(ck, "6", "state", "d", name), 100)
+  open(os.path.join(ck, "4", "data_iter", "process_0-of-1.json"), "w").write('{"next_')  # ...a torn iterator in 4.
+  with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 7, "lo')  # ...and a torn metrics line.
+  config_before = open(os.path.join(wd, "config.json")).read()
+  proc = _train(wd, trained[1])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoints/6/state is damaged" in proc.stderr and "falling back to step 4" in proc.stderr
+  assert "checkpoints/4/data_iter/process_0-of-1.json is damaged" in proc.stderr
+  assert "falling back to step 2" in proc.stderr and "data order restarts" not in proc.stderr
+  assert _losses(wd) == _losses(trained[0])  # Steps 3-6 trained again on the same data: same losses.
+  assert open(os.path.join(wd, "config.json")).read() == config_before
+  assert {n.split(".")[0] for n in os.listdir(os.path.join(wd, "checkpoints_damaged"))} == {"4", "6"}
+  assert sorted(os.listdir(ck)) == ["2", "4", "6"] and os.listdir(os.path.join(wd, "best"))
+
+
+def test_finished_run_killed_in_its_final_validation_validates_and_fills_best(trained, tmp_path):
+  wd = _copy(trained, tmp_path)
+  shutil.rmtree(os.path.join(wd, "best"))
+  shutil.rmtree(os.path.join(wd, "eval", "step_6"))
+  metrics_before = open(os.path.join(wd, "metrics.jsonl")).read()
+  proc = _train(wd, trained[1])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.listdir(os.path.join(wd, "best")) == ["6"]
+  assert os.path.exists(os.path.join(wd, "eval", "step_6", "summary.json")) and "tumour DSC" in proc.stdout
+  assert open(os.path.join(wd, "metrics.jsonl")).read() == metrics_before
+
+
+def test_second_run_and_incompatible_config_are_refused_without_touching_the_run(trained, tmp_path):
+  wd = _copy(trained, tmp_path)
+  before = {p: open(os.path.join(wd, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
+  with workdir_lib.WorkdirLock(wd):
+    proc = _train(wd, trained[1])
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert _last_line(proc).startswith(f"error: {wd}: in use by another run (pid {os.getpid()} on host ")
+  proc = _train(wd, trained[1], "--config.model.features=(4,16)")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert _last_line(proc).startswith(f"error: {wd}/config.json: this run was trained with other values of "
+                                     "model.features ([4, 8] -> [4, 16])")
+  assert {p: open(os.path.join(wd, p), "rb").read() for p in before} == before
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2", "4", "6"]
+
+
+def test_full_disk_and_kill_during_save_lose_nothing_and_the_same_command_resumes(trained, tmp_path):
+  wd = _copy(trained, tmp_path)
+  more = ["--config.train.num_steps=8", "--config.eval.max_cases=1"]  # Changes a resumed run may make.
+  proc = _train(wd, trained[1], *more, env={workdir_lib.FAULT_ENV: "save:8"})
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert _last_line(proc) == (f"error: {wd}/checkpoints/8: no space left on device while writing the run's "
+                              "files; checkpoints up to step 6 are complete; free space and rerun the same "
+                              "command to resume")
+  assert sorted(_losses(wd)) == list(range(1, 9))
+  history = [json.loads(l) for l in open(os.path.join(wd, workdir_lib.HISTORY_NAME))]
+  assert history[-1]["changes"]["train.num_steps"] == [6, 8] and history[-1]["step"] == 6
+  proc = _train(wd, trained[1], *more, env={checkpoint.KILL_IN_SAVE_ENV: "8"})
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[:3] == ["2", "4", "6"]
+  proc = _train(wd, trained[1], *more)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses, base = _losses(wd), _losses(trained[0])
+  assert sorted(losses) == list(range(1, 9)) and all(losses[s] == base[s] for s in range(1, 7))
+  assert "8" in os.listdir(os.path.join(wd, "checkpoints"))
