@@ -24,7 +24,8 @@ def main(argv):
   try:
     problems = validate_dataset(_LAYOUT.value, _SRC.value, tuple(_ORGANS.value), workers=_WORKERS.value)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   for line in problems:
     print(line)
   print(f"{len(problems)} problem(s) in {_SRC.value}", file=sys.stderr)
