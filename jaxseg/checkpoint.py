@@ -66,6 +66,10 @@ class RunCheckpointer:
     value = metrics.get(self.best_metric)
     if value is None or value != value:  # Missing or NaN: nothing to rank by.
       return False
+    if step in self._best.all_steps():
+      # The same step validated again: a run resumed from an older checkpoint (after a fallback past a damaged
+      # one) retrains it. The new state replaces the old one rather than failing the save.
+      self._best.delete(step)
     # Orbax ranks by best_fn and keeps only the top one, deleting the loser (old or new).
     self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   config=ocp.args.JsonSave(config.to_dict())),

@@ -348,7 +348,7 @@ def test_train_cli_fails_in_one_line_before_any_work(tmp_path, args, expect):
 # End to end: launch/train.py on copies of one tiny trained run.
 
 STEPS = ["--config.train.num_steps=6", "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=5",
-         "--config.eval.bootstrap=10"]
+         "--config.eval.bootstrap=10", "--config.eval.max_cases=1"]
 
 
 def _train(workdir, data_root, *overrides, env=None):
@@ -434,7 +434,7 @@ def test_second_run_and_incompatible_config_are_refused_without_touching_the_run
 
 def test_full_disk_and_kill_during_save_lose_nothing_and_the_same_command_resumes(trained, tmp_path):
   wd = _copy(trained, tmp_path)
-  more = ["--config.train.num_steps=8", "--config.eval.max_cases=1"]  # Changes a resumed run may make.
+  more = ["--config.train.num_steps=8", "--config.eval.overlap=0.25"]  # Changes a resumed run may make.
   proc = _train(wd, trained[1], *more, env={workdir_lib.FAULT_ENV: "save:8"})
   assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert _last_line(proc) == (f"error: {wd}/checkpoints/8: no space left on device while writing the run's "
