@@ -10,6 +10,7 @@ from typing import Callable
 from absl import flags, logging
 
 from jaxseg import parallel
+from jaxseg.workdir import disk_error
 
 _COORD = flags.DEFINE_string("coordinator_address", "",
                               "host:port of process 0 (multi-process runs), or auto: let JAX detect the "
@@ -93,7 +94,6 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def _is_user_os_error(e: OSError) -> bool:
-  from jaxseg.workdir import disk_error  # pylint: disable=import-outside-toplevel
   return bool(e.filename) or disk_error(e) is not None
 
 

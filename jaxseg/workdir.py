@@ -30,6 +30,10 @@ import platform
 import socket
 
 import ml_collections
+from absl import logging
+
+from jaxseg import labels as labels_lib
+from jaxseg.metrics import detection
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -187,7 +191,6 @@ class WorkdirLock:
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
         os.close(fd)
         raise
-      from absl import logging  # pylint: disable=import-outside-toplevel
       logging.warning("%s: this file system does not support locks (%s); two runs on this work directory "
                       "would not be stopped", self.path, e.strerror)
     info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -336,7 +339,6 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, changes: dict
   if changes:
     append_line(history, json.dumps({"time": now, "step": step, "event": "resume",
                                      "changes": {k: list(v) for k, v in changes.items()}}))
-    from absl import logging  # pylint: disable=import-outside-toplevel
     logging.warning("%s: resumed at step %d with changed %s (recorded in %s)", path, step,
                     ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in changes.items()), HISTORY_NAME)
   atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
@@ -363,8 +365,6 @@ def record_versions(workdir: str) -> None:
 
 def known_metrics(organs: tuple[str, ...]) -> set[str]:
   """The scalar keys of evaluate_cases' summary for ``organs``: what train.best_metric may name."""
-  from jaxseg import labels as labels_lib  # pylint: disable=import-outside-toplevel
-  from jaxseg.metrics import detection  # pylint: disable=import-outside-toplevel
   out = set(KNOWN_METRICS) | {f"tumor_sensitivity_{b}" for b in detection.SIZE_BINS}
   per_label = ("dsc", "nsd", "hd95", "tumor_sensitivity", "patient_sensitivity", "specificity", "auc",
                "fp_per_control_case", *[f"tumor_sensitivity_{b}" for b in detection.SIZE_BINS])
