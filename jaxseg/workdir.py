@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 
 import ml_collections
@@ -452,7 +453,6 @@ class DiskError(WorkdirError):
 
 def failed_path(e: BaseException, default: str) -> str:
   """The file a failed write names (an OSError's filename, or the path in Orbax's message), else ``default``."""
-  import re  # pylint: disable=import-outside-toplevel
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
