@@ -29,11 +29,20 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointE
 
 
 class _QuietLibraries:
-  """Drops the INFO chatter of Orbax and Grain (dozens of lines per save); their warnings still show."""
+  """Drops the INFO chatter of Orbax and Grain (dozens of lines per save); their warnings still show.
+
+  Also drops their ERROR tracebacks of a full disk: Orbax logs one from each of its background threads
+  (some 350 lines per failed save) before the error reaches the run, which reports it in one line.
+  """
 
   def filter(self, record) -> bool:
     path = getattr(record, "pathname", "") or ""
-    return record.levelno >= 30 or not any(p in path for p in ("/orbax/", "/grain/", "/etils/"))
+    if not any(p in path for p in ("/orbax/", "/grain/", "/etils/")):
+      return True
+    if record.levelno >= 40:
+      exc = record.exc_info[1] if record.exc_info else None
+      return disk_error(exc) is None and disk_error(Exception(str(record.msg))) is None
+    return record.levelno >= 30
 
 
 def _compilation_cache() -> None:

@@ -457,12 +457,17 @@ def failed_path(e: BaseException, default: str) -> str:
   while e is not None and id(e) not in seen:
     seen.add(id(e))
     if isinstance(e, OSError) and e.filename:
-      return str(e.filename)
+      return _step_folder(str(e.filename))
     m = re.search(r'(?:Failed writing|local file): "([^"]+)"', str(e))
     if m:
-      return m.group(1)
+      return _step_folder(m.group(1))
     e = e.__cause__ or e.__context__
   return default
+
+
+def _step_folder(path: str) -> str:
+  """A file inside an Orbax save in progress names the step it belongs to: <dir>/<step>."""
+  return re.sub(r"\.orbax-checkpoint-tmp.*$", "", path)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
