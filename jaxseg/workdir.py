@@ -458,7 +458,7 @@ def failed_path(e: BaseException, default: str) -> str:
     seen.add(id(e))
     if isinstance(e, OSError) and e.filename:
       return _step_folder(str(e.filename))
-    m = re.search(r'(?:Failed writing|local file): "([^"]+)"', str(e))
+    m = re.search(r'(?:Failed writing:|local file) "([^"]+)"', str(e))
     if m:
       return _step_folder(m.group(1))
     e = e.__cause__ or e.__context__

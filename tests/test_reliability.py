@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging as logging_lib
 import os
 import shutil
 import signal
@@ -145,6 +146,15 @@ def test_disk_errors_are_recognised_in_orbax_text():
   assert workdir_lib.disk_error(orbax) == "no space left on device"
   assert workdir_lib.disk_error(OSError(errno.EDQUOT, "quota")) == "disk quota exceeded"
   assert workdir_lib.disk_error(ValueError("other")) is None
+  assert workdir_lib.failed_path(orbax, "?") == "/w/checkpoints/1"
+  # Orbax's background threads log the same failure as ERROR tracebacks: dropped, the run's one line says it.
+  quiet = cli._QuietLibraries()  # pylint: disable=protected-access
+  record = logging_lib.LogRecord("orbax", logging_lib.ERROR, "/site-packages/orbax/checkpoint/future.py", 1,
+                                 "thread raised an exception: %s", (orbax,), None)
+  record.exc_info = (ValueError, orbax, None)
+  assert not quiet.filter(record)
+  record = logging_lib.LogRecord("orbax", logging_lib.ERROR, "/site-packages/orbax/x.py", 1, "other", (), None)
+  assert quiet.filter(record)
 
 
 # ---------------------------------------------------------------------------------------------------------
