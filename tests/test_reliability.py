@@ -354,6 +354,24 @@ def test_train_cli_fails_in_one_line_before_any_work(tmp_path, args, expect):
   assert not os.path.exists(tmp_path / "nodata")  # Nothing was prepared.
 
 
+def test_other_scripts_fail_in_one_line(tmp_path):
+  f = tmp_path / "afile"
+  f.write_text("x")
+  cases = [
+      (["launch/preprocess.py", "--layout=atlas", f"--src={tmp_path}", f"--dst={tmp_path / 'c'}", "--spacing=abc"],
+       "error: --spacing: 'abc' is not a number"),
+      (["launch/predict.py", f"--workdir={tmp_path}", f"--input={f}", f"--output={tmp_path / 'o'}",
+        "--checkpoint=abc"], "error: --checkpoint: 'abc' is not a step number"),
+      (["launch/predict.py", f"--workdir={tmp_path}", f"--input={f}", f"--output={f}"],
+       f"error: --output: {f} exists and is not a directory"),
+  ]
+  for args, expect in cases:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _last_line(proc).startswith(expect), proc.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # End to end: launch/train.py on copies of one tiny trained run.
 
