@@ -20,6 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxseg.data.phantom import ensure_phantoms
+from jaxseg.infer.evaluate import evaluate_checkpoint
+from jaxseg.train.loop import train_and_evaluate
+
 ARMS = ("real", "real+synth")
 METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity", "organ_dsc")
 
@@ -46,8 +50,6 @@ def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.C
 
 def _ood_eval(config, workdir: str) -> dict:
   """Evaluates the run's final checkpoint on the out-of-distribution data set named by scaling.ood."""
-  from jaxseg.data.phantom import ensure_phantoms  # pylint: disable=import-outside-toplevel
-  from jaxseg.infer.evaluate import evaluate_checkpoint  # pylint: disable=import-outside-toplevel
   spec = config.scaling.ood
   if spec == "phantom_ood":
     d = copy.deepcopy(config.data)
@@ -60,7 +62,6 @@ def _ood_eval(config, workdir: str) -> dict:
 
 def run_one(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   """Trains and evaluates one run (skipped when its result exists) and returns its result row."""
-  from jaxseg.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
   run_dir = os.path.join(workdir, "runs", name)
   result_path = os.path.join(run_dir, "result.json")
   if os.path.exists(result_path):

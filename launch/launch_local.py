@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg import distributed
 
 _NPROC = flags.DEFINE_integer("num_processes", 2, "Number of processes.")
@@ -41,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg.data.phantom import make_phantoms
 
 _OUT = flags.DEFINE_string("out", None, "Folder to write.", required=True)
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,14 +19,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxseg import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from jaxseg import assembly, parallel  # pylint: disable=g-import-not-at-top
   from jaxseg.infer.predict import predict_files  # pylint: disable=g-import-not-at-top
   step = cli.parse_checkpoint(_CHECKPOINT.value)
   mesh = parallel.make_mesh(jax.local_devices())
-  config, params, used = checkpoint.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
+  config, params, used = assembly.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
   written = predict_files(config, params, _INPUT.value, _OUTPUT.value, mesh=mesh)
   print(f"wrote {len(written)} prediction(s) of checkpoint {used} to {_OUTPUT.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg.data.preprocess import preprocess_dataset
 from jaxseg.io.layouts import LAYOUTS
 from jaxseg.io.nifti import DataError
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -28,6 +28,7 @@ import uuid
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.data.preprocess import parallel_map
 from jaxseg.io.nifti import save_nifti
 
 LESION_ORGANS = ("liver", "pancreas", "kidney", "colon", "esophagus", "uterus")
@@ -418,8 +419,6 @@ def make_phantoms(out: str, num_cases: int, seed: int, tumor_fraction: float = 0
     lesion_contrast: multiplies every lesion's HU difference from its organ (1: the values above); rim
       enhancement and necrosis come on top. Both change how hard the task is, not the anatomy.
   """
-  from jaxseg.data.preprocess import parallel_map  # Local: preprocess imports nothing from here.
-
   if num_cases < 1 or not 0.0 <= tumor_fraction <= 1.0:
     raise ValueError(f"make_phantoms: need num_cases >= 1 and 0 <= tumor_fraction <= 1, got {num_cases}, "
                      f"{tumor_fraction}")

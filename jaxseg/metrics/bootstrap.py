@@ -6,6 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxseg.metrics.detection import auc
+
 
 def bootstrap_ci(values: Sequence[float], num: int, seed: int = 0,
                  statistic: Callable[[np.ndarray], float] = np.mean, level: float = 0.95
@@ -49,7 +51,6 @@ def bootstrap_ratio_ci(numerators: Sequence[float], denominators: Sequence[float
 def bootstrap_auc_ci(pos: Sequence[float], neg: Sequence[float], num: int, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float]:
   """Interval of the AUC with positives and negatives resampled separately (stratified)."""
-  from jaxseg.metrics.detection import auc  # pylint: disable=g-import-not-at-top
   p, q = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
   if p.size == 0 or q.size == 0 or num < 1:
     return float("nan"), float("nan")

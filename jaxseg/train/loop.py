@@ -7,6 +7,7 @@ parameters, RNG and data order.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -19,13 +20,13 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxseg import checkpoint as ckpt_lib, labels as labels_lib, parallel
-from jaxseg.config_checks import ConfigError, check_config
-from jaxseg.models import build_model
+from jaxseg import assembly, checkpoint as ckpt_lib, parallel
+from jaxseg.config_checks import ConfigError, check_config, resolve_config
+from jaxseg.data import cache, prepare as prepare_lib, split
+from jaxseg.data.pipeline import make_train_loader
+from jaxseg.infer.evaluate import evaluate_cases
 from jaxseg.train import state as state_lib
-from jaxseg.train.optim import make_optimizer
 from jaxseg.train.progress import MetricsLog, Progress
-from jaxseg.train.step import make_train_step
 
 # Fault injection for tests of resume and multi-process failure: the process SIGKILLs itself at the start
 # of this step (a real kill: no Python cleanup runs). JAXSEG_KILL_PROCESS limits it to one process index.
@@ -49,7 +50,6 @@ def record_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     f.write(text)
   versions = {"python": platform.python_version(), "platform": platform.platform(),
               "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
-  import importlib.metadata as md  # pylint: disable=import-outside-toplevel
   for pkg in ("jaxseg", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "scipy",
               "nibabel", "ml-collections", "absl-py"):
     try:
@@ -86,7 +86,6 @@ def _sync(name: str, timeout_s: float = 24 * 3600.0) -> None:
 
 def prepare(config: ml_collections.ConfigDict):
   """Data preparation on the first process (others wait), then the split: (cache_dir, train_ids, val_ids)."""
-  from jaxseg.data import cache, prepare as prepare_lib, split  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     cache_dir = prepare_lib.prepare_data(config.data)
   _sync("jaxseg_prepare_data")
@@ -100,7 +99,6 @@ def prepare(config: ml_collections.ConfigDict):
 
 def validate(config, state, cache_dir: str, val_ids: list[str], workdir: str, step: int) -> dict:
   """Evaluates ``state`` on the held-out cases (first process; the rest wait) and returns the summary."""
-  from jaxseg.infer.evaluate import evaluate_cases  # pylint: disable=import-outside-toplevel
   summary = {}
   if jax.process_index() == 0 and val_ids:
     out_dir = os.path.join(workdir, "eval", f"step_{step}")
@@ -127,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   if not workdir:
     raise ConfigError("--workdir: a work directory is required (checkpoints, logs and reports go there)")
+  config = resolve_config(config)
   mesh = parallel.make_mesh()
   check_config(config, mesh.devices.size)
   is_main = jax.process_index() == 0
@@ -135,27 +134,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record_run(workdir, config)
   cache_dir, train_ids, val_ids = prepare(config)
 
-  from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
   # Control cases are drawn the same way whether synthesis is on or off: with it off they are negatives,
   # so the real-only and real+synth arms of a study see the same cases in the same order.
   loader = make_train_loader(config.data, cache_dir, train_ids, seed=config.seed,
                              process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(loader)
 
-  organs = tuple(config.data.organs)
-  model = build_model(config.model, labels_lib.num_classes(organs))
-  optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+  run = assembly.assemble(config, mesh)
   ckpt = ckpt_lib.RunCheckpointer(workdir, config.train.keep_checkpoints, config.train.best_metric)
   start = ckpt.latest_step()
   if start is None:
-    state, start = state_lib.init_state(config, model, optimizer, mesh), 0
+    state, start = run.init_state(), 0
     logging.info("fresh start: %d parameters", state_lib.count_params(state["params"]))
   else:
-    abstract = state_lib.abstract_state(config, model, optimizer, mesh)
-    state, _ = ckpt.restore(start, abstract, data_iter)
+    state, _ = ckpt.restore(start, run.abstract_state(), data_iter)
     logging.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), start)
 
-  train_step = make_train_step(config, model, optimizer, schedule, mesh)
+  train_step = run.train_step()
   log = MetricsLog(workdir, enabled=is_main)
   progress = Progress(start, config.train.num_steps, enabled=is_main)
   t = config.train
