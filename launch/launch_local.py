@@ -15,7 +15,6 @@ import sys
 
 from absl import app, flags
 
-from jaxseg import cli
 from jaxseg import distributed
 
 _NPROC = flags.DEFINE_integer("num_processes", 2, "Number of processes.")
@@ -42,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  app.run(main)

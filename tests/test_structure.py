@@ -143,3 +143,17 @@ def test_unknown_registry_names_suggest_the_closest():
   config.optim.name = "adamv"
   with pytest.raises(ValueError, match=r"optim.name: unknown name 'adamv'.*did you mean adamw"):
     assembly.assemble(config, parallel.make_mesh())
+
+
+def test_readme_layout_section_matches_the_tree():
+  """Every module and subpackage of jaxseg/ is named in the README's layout, and every file it names exists."""
+  text = open(os.path.join(ROOT, "README.md")).read()
+  section = text.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+  named = {token.rstrip(",:;").rstrip("/") for line in section.splitlines() for token in line.split()}
+  tree = {f for f in os.listdir(PACKAGE) if not f.startswith("__")
+          and (f.endswith(".py") or os.path.isdir(os.path.join(PACKAGE, f)))}
+  missing = sorted(t for t in tree if t not in named)
+  assert not missing, f"README layout section lacks: {missing}"
+  gone = sorted(n for n in named if n.endswith(".py") and "/" not in n and n not in tree
+                and not os.path.exists(os.path.join(ROOT, "launch", n)))
+  assert not gone, f"README layout section names files that do not exist: {gone}"
