@@ -4,9 +4,12 @@
   python launch/scaling.py --config=configs/scaling_phantom.py --workdir=runs/scaling --list
   python launch/scaling.py --config=configs/scaling_atlas2.py:pancreas --workdir=/scratch/scaling \
       --only=synth_n500_s0      # one run per cluster job (e.g. a SLURM array over --list)
-  python launch/scaling.py --config=... --workdir=... --collect   # table and plot of finished runs
+  python launch/scaling.py --config=... --workdir=... --collect   # tables and plot of finished runs
 
-Reruns skip finished runs. Writes results.csv, summary.json and scaling.png into --workdir.
+Reruns skip finished runs. Prints the study's markdown tables (points with 95% bootstrap intervals over
+seeds and held-out cases, the paired difference real+synth - real per N, false positives per control case)
+and writes results.csv, runs.csv, cases.csv, table.md, summary.json and scaling.png into --workdir
+(docs/SCALING.md describes the study and its statistics).
 """
 
 import json
@@ -36,6 +39,8 @@ def main(argv):
   cli.init_processes()
   summary = scaling.collect(config, _WORKDIR.value) if _COLLECT.value else scaling.run_study(
       config, _WORKDIR.value, _ONLY.value)
+  print(summary["table"])
+  print()
   print(json.dumps({"runs_finished": summary["runs_finished"], "runs_total": summary["runs_total"],
                     "table": f"{_WORKDIR.value}/results.csv", "plot": f"{_WORKDIR.value}/scaling.png"}))
 
