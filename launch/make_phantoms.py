@@ -18,10 +18,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed (same seed, same files).")
 _FRACTION = flags.DEFINE_float("tumor_fraction", 0.5, "Per organ, the share of cases with lesions.")
 _OOD = flags.DEFINE_bool("ood", False, "Out-of-distribution variant (unenhanced, noisier, other geometry).")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Parallel processes.")
-_SCALE = flags.DEFINE_float("lesion_scale", 1.0, "Multiplies lesion radii (the demo: 1.8).")
+_SCALE = flags.DEFINE_float("lesion_scale", 1.0, "Multiplies lesion radii (1: calibrated; the :easy variant: 1.8).")
 _MEASURE = flags.DEFINE_bool("measure", False, "Then measure the liver lesions (jaxseg/metrics/lesion_figures.py) "
                               "and print them beside real liver metastases as a markdown table.")
-_CONTRAST = flags.DEFINE_float("lesion_contrast", 1.0, "Multiplies lesions' HU difference from the organ (demo: 2).")
+_CONTRAST = flags.DEFINE_float("lesion_contrast", 1.0, "Multiplies lesions' HU difference from the organ (1: calibrated; :easy: 2).")
 
 
 def main(argv):

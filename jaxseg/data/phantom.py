@@ -12,7 +12,15 @@ blurred-noise texture, uniform HU drop): shapes are thresholded sums of Gaussian
 metastases with rim enhancement or necrotic core, ill-defined hypodense pancreatic masses, heterogeneous
 enhancing exophytic renal masses, colon and oesophageal wall masses filling the lumen, hypodense uterine
 masses). For each organ, ``tumor_fraction`` of the cases that have it carry lesions; the others are its
-control cases.
+control cases (drawn per organ, independently: a liver control case may carry lesions in other organs).
+
+Liver lesions are calibrated to real liver metastases on portal-venous CT (version 3): size (log-normal
+radius) and contrast relative to the surrounding liver (a share of the liver's HU, darker towards the
+centre; a faint ring outside half of the larger ones; a necrotic core in some), measured with
+``jaxseg.metrics.lesion_figures`` like the real ones, medians inside the real p10-p90
+(``python launch/make_phantoms.py --out=DIR --num_cases=12 --tumor_fraction=1 --measure`` prints them; the
+tests check them). The other organs' lesions are not calibrated. ``lesion_scale``/``lesion_contrast`` make
+every lesion larger or more conspicuous (an easier task than real data).
 
 All sizes are in mm of a "normalised adult" and scaled per case; coordinates are RAS+ (x to the patient's
 right, y anterior, z superior).
