@@ -394,6 +394,65 @@ def _plot(stats: dict, path: str) -> None:
   plt.close(fig)
 
 
+def sampling_report(config: ml_collections.ConfigDict, num_batches: int = 200) -> dict:
+  """How tumour-rich training patches are, against the held-out sliding windows (a specificity diagnostic).
+
+  Draws ``num_batches`` batches from the real arm's loader at the largest N (the real+synth arm draws the
+  same patches) and counts the patches that show an organ of the run: the share with a real tumour, and
+  the share of control patches, ``synth.prob`` of which get a synthetic tumour in the real+synth arm (an
+  upper bound: a synthesis may fail to place its tumour). Then tiles each held-out case with windows of
+  ``data.patch_size`` at ``eval.overlap`` and counts the windows that show an organ and a tumour.
+  """
+  from jaxseg import labels as labels_lib  # pylint: disable=import-outside-toplevel
+  from jaxseg.data import cache, split  # pylint: disable=import-outside-toplevel
+  from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
+  from jaxseg.data.prepare import prepare_data  # pylint: disable=import-outside-toplevel
+  organs = tuple(config.data.organs)
+  organ_ids = [labels_lib.organ_label(organs, o) for o in organs]
+  tumour_ids = [labels_lib.tumor_label(organs, o) for o in organs]
+  cache_dir = prepare_data(config.data)
+  cases = cache.list_cases(cache_dir)
+  train_ids, val_ids = split.split_cases(cases, config.data.num_val, config.data.split_seed, organs)
+  n = max(int(x) for x in config.scaling.num_real)
+  c = run_config(config, f"real_n{n}_s{config.scaling.seeds[0]}")
+  it = make_train_loader(c.data, cache_dir, train_ids, seed=c.seed)
+  shown = real = control = 0
+  for _ in range(num_batches):
+    b = next(it)
+    for lab, so in zip(b["label"], b["synth_organ"]):
+      if np.isin(lab, organ_ids + tumour_ids).any():
+        shown += 1
+        real += bool(np.isin(lab, tumour_ids).any())
+        control += bool(so >= 0)
+  close = getattr(it, "close", None)
+  if close is not None:
+    close()
+  size = np.asarray(config.data.patch_size)
+  stride = np.maximum((size * (1.0 - float(config.eval.overlap))).astype(int), 1)
+  windows = {"tumour cases": [0, 0], "control cases": [0, 0]}  # [with a tumour, showing an organ]
+  by_id = {x["case_id"]: x for x in cases}
+  for cid in val_ids:
+    _, lab, _ = cache.load_case(cache_dir, cid, mmap=True)
+    kind = "tumour cases" if split.is_tumor_case(by_id[cid], organs) else "control cases"
+    starts = [range(0, max(d - s, 0) + 1, st) for d, s, st in zip(lab.shape, size, stride)]
+    for x in starts[0]:
+      for y in starts[1]:
+        for z in starts[2]:
+          w = np.asarray(lab[x:x + size[0], y:y + size[1], z:z + size[2]])
+          if np.isin(w, organ_ids + tumour_ids).any():
+            windows[kind][1] += 1
+            windows[kind][0] += bool(np.isin(w, tumour_ids).any())
+  prob = float(config.synth.prob)
+  tw, cw = windows["tumour cases"], windows["control cases"]
+  return {"num_real": n, "patches": num_batches * int(config.data.batch_size), "patches_showing_organ": shown,
+          "train_share_with_tumour_real_arm": real / max(shown, 1),
+          "train_share_with_tumour_real_synth_arm_at_most": (real + prob * control) / max(shown, 1),
+          "train_share_control_patches": control / max(shown, 1),
+          "heldout_windows_showing_organ": tw[1] + cw[1],
+          "heldout_share_with_tumour": (tw[0] + cw[0]) / max(tw[1] + cw[1], 1),
+          "heldout_share_with_tumour_in_tumour_cases": tw[0] / max(tw[1], 1)}
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, only: str = "") -> dict:
   """Runs every unfinished run of the study (or just ``only``) and collects the tables and plot."""
   os.makedirs(workdir, exist_ok=True)

@@ -5,6 +5,7 @@
   python launch/scaling.py --config=configs/scaling_atlas2.py:pancreas --workdir=/scratch/scaling \
       --only=synth_n500_s0      # one run per cluster job (e.g. a SLURM array over --list)
   python launch/scaling.py --config=... --workdir=... --collect   # tables and plot of finished runs
+  python launch/scaling.py --config=... --workdir=... --sampling  # tumour share: training patches vs test windows
 
 Reruns skip finished runs. Prints the study's markdown tables (points with 95% bootstrap intervals over
 seeds and held-out cases, the paired difference real+synth - real per N, false positives per control case)
@@ -23,6 +24,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (with a 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study folder.", required=True)
 _ONLY = flags.DEFINE_string("only", "", "Run just this run (see --list), then collect.")
 _LIST = flags.DEFINE_bool("list", False, "Print the run names, one per line, and exit.")
+_SAMPLING = flags.DEFINE_bool("sampling", False, "Print how tumour-rich the training patches are against the "
+                               "held-out windows (jaxseg.scaling.sampling_report) and exit.")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only collect finished runs into the table and plot.")
 flags.mark_flags_as_required(["config"])
 
@@ -35,6 +38,9 @@ def main(argv):
   config = _CONFIG.value
   if _LIST.value:
     print("\n".join(scaling.run_names(config)))
+    return
+  if _SAMPLING.value:
+    print(json.dumps(scaling.sampling_report(config), indent=1))
     return
   cli.init_processes()
   summary = scaling.collect(config, _WORKDIR.value) if _COLLECT.value else scaling.run_study(

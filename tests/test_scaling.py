@@ -79,6 +79,16 @@ def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_d
   assert seen[1] < seen[2]
 
 
+def test_sampling_report_compares_training_patches_with_heldout_windows(toy_data):
+  config = config_from_file(CONFIG, "toy")
+  config.data.root = toy_data
+  r = scaling.sampling_report(config, num_batches=20)
+  assert r["num_real"] == 2 and r["patches"] == 40 and 0 < r["patches_showing_organ"] <= 40
+  assert 0 <= r["train_share_with_tumour_real_arm"] <= r["train_share_with_tumour_real_synth_arm_at_most"] <= 1
+  assert r["train_share_control_patches"] > 0 and r["heldout_windows_showing_organ"] > 0
+  assert 0 <= r["heldout_share_with_tumour"] <= r["heldout_share_with_tumour_in_tumour_cases"] <= 1
+
+
 def _fake_run(arm, n, seed, dsc, fp, organ=0.9):
   """A finished run's result with per-case figures: tumour cases t0.. with ``dsc``, controls c0.. with ``fp``."""
   cases = [dict(case=f"t{i}", tumor_case=True, tumor_dsc=d, tumor_nsd=d, gt_tumors=2, detected_tumors=int(d > 0.3)
