@@ -263,6 +263,14 @@ def markdown_table(stats: dict, rows: list[dict]) -> str:
   for p in stats["points"]:
     out.append(f"| {p['num_real']} | {p['arm']} | {p['runs']} ({','.join(map(str, p['seeds']))}) | "
                + " | ".join(_fmt(p, k, d) for k, _, d in cols) + " |")
+  notes = []
+  if any(len(p["seeds"]) < 3 for p in stats["points"]):
+    notes.append("Points with fewer than 3 seeds: their intervals say little about the seed-to-seed spread "
+                 "(one seed: none).")
+  if any(k in p and not np.isfinite(p.get(k + "_lo", np.nan)) for p in stats["points"] for k, _, _ in cols):
+    notes.append("A value without an interval: fewer than 2 held-out cases count for it.")
+  if notes:
+    out += [""] + notes
   if stats["differences"]:
     out += ["", f"Paired difference real+synth - real (same seeds and held-out cases) [{level}% bootstrap "
             "interval]; an interval that excludes 0 is a difference this study resolves.", "",

@@ -142,6 +142,11 @@ def test_crossed_bootstrap_covers_the_seed_spread():
   assert m == pytest.approx(0.6) and lo <= 0.51 and hi >= 0.69
   m1, lo1, hi1 = crossed_bootstrap(numer[:1], denom[:1], 2000, seed=0)
   assert hi1 - lo1 < (hi - lo) / 2
+  # One counted case: nothing to resample, no interval.
+  one = np.zeros_like(denom)
+  one[:, 3] = 1
+  m, lo, hi = crossed_bootstrap(numer, one, 100)
+  assert np.isfinite(m) and np.isnan(lo) and np.isnan(hi)
   with pytest.raises(ValueError):
     crossed_bootstrap(numer, denom[:, :3], 10)
 
@@ -169,8 +174,12 @@ def test_toy_study_runs_collects_and_resumes(tmp_path, toy_data):
   for r in table:
     if r["kind"] == "point":
       for k in ("tumor_dsc", "organ_dsc", "ood_tumor_dsc"):
-        v, lo, hi = float(r[k]), float(r[k + "_lo"]), float(r[k + "_hi"])
-        assert 0.0 <= v <= 1.0 and lo - 1e-9 <= v <= hi + 1e-9, (r, k)
+        v, lo, hi = float(r[k]), float(r[k + "_lo"] or "nan"), float(r[k + "_hi"] or "nan")
+        assert 0.0 <= v <= 1.0, (r, k)
+        if k == "tumor_dsc":  # one held-out tumour case at toy size: no interval
+          assert np.isnan(lo) and np.isnan(hi), (r, k)
+        else:
+          assert lo - 1e-9 <= v <= hi + 1e-9, (r, k)
   with open(os.path.join(workdir, "cases.csv")) as f:
     cases = list(csv.DictReader(f))
   assert {c["set"] for c in cases} == {"held_out", "ood"}

@@ -90,7 +90,8 @@ def crossed_bootstrap(numer, denom, num: int, seed: int = 0, level: float = 0.95
   the paired difference.
 
   Returns:
-    (estimate, low, high); NaNs where nothing counts, or low = high = NaN with num < 1.
+    (estimate, low, high); NaNs where nothing counts; low = high = NaN with num < 1 or when fewer than two
+    cases (columns) count, where resampling cannot say anything about the choice of cases.
   """
   numer, denom = np.asarray(numer, np.float64), np.asarray(denom, np.float64)
   if numer.ndim != 2 or numer.shape != denom.shape:
@@ -107,7 +108,10 @@ def crossed_bootstrap(numer, denom, num: int, seed: int = 0, level: float = 0.95
       raise ValueError(f"crossed_bootstrap: paired grids {pn.shape} must match {numer.shape}")
     pn = np.where(pd > 0, pn, 0.0)
     point = point - estimate(pn, pd)
-  if num < 1 or not np.isfinite(point):
+  counted = int(((denom > 0).any(axis=0)).sum())
+  if paired_numer is not None:
+    counted = min(counted, int(((pd > 0).any(axis=0)).sum()))
+  if num < 1 or not np.isfinite(point) or counted < 2:
     return point, float("nan"), float("nan")
   rows, cols = _crossed_weights(numer.shape[0], numer.shape[1], num, seed)
   stats = _crossed_stats(numer, denom, rows, cols)
