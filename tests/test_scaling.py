@@ -35,8 +35,8 @@ def _flat(d, prefix=""):
   return out
 
 
-def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_data):
-  from jaxseg.data import cache, split  # pylint: disable=import-outside-toplevel
+def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_data, monkeypatch):
+  from jaxseg.data import cache, pipeline, split  # pylint: disable=import-outside-toplevel
   from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
   from jaxseg.data.prepare import prepare_data  # pylint: disable=import-outside-toplevel
   config = config_from_file(CONFIG, "toy")
@@ -52,6 +52,14 @@ def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_d
   cases = cache.list_cases(cache_dir)
   organs = tuple(config.data.organs)
   train_ids, _ = split.split_cases(cases, config.data.num_val, config.data.split_seed, organs)
+  # The patches carry no case id: record it by wrapping the production sampler (one process, no workers).
+  sample = pipeline.PatchSampler.__call__
+
+  def with_case(self, unit, rng):
+    return dict(sample(self, unit, rng), case_index=np.int32(train_ids.index(unit[0])))
+
+  monkeypatch.setattr(pipeline.PatchSampler, "__call__", with_case)
+  is_tumour = {c["case_id"]: split.is_tumor_case(c, organs) for c in cases}
 
   def batches(name, n=40):  # as jaxseg/train/loop.py builds the loader
     c = scaling.run_config(config, name)
@@ -62,14 +70,19 @@ def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_d
   for n in (1, 2):
     a, b = batches(f"real_n{n}_s0"), batches(f"synth_n{n}_s0")
     for x, y in zip(a, b):  # the same patches of the same cases in the same order
-      for k in ("image", "label", "synth_organ", "spacing"):
+      for k in ("case_index", "image", "label", "synth_organ", "spacing"):
         np.testing.assert_array_equal(x[k], y[k])
     organ_idx = np.concatenate([x["synth_organ"] for x in a])
-    # Control patches are in the real arm's stream too (as negatives: synthesis is off there).
+    drawn = [train_ids[i] for x in a for i in x["case_index"]]
+    # Control patches are in the real arm's stream too (as negatives: synthesis is off there), from
+    # control cases; the tumour cases drawn are N of them.
     assert (organ_idx >= 0).any() and (organ_idx < 0).any()
+    assert all(not is_tumour[cid] for cid, o in zip(drawn, organ_idx) if o >= 0)
+    assert len({cid for cid, o in zip(drawn, organ_idx) if o < 0}) == n
   # N = 0: the loader still works and draws control patches only, without any real tumour.
   zero = batches("synth_n0_s0")
   assert all((x["synth_organ"] >= 0).all() and not (x["label"] == tumour).any() for x in zero)
+  assert not any(is_tumour[train_ids[i]] for x in zero for i in x["case_index"])
   # Nested subsets: the real tumour cases of N = 1 are among those of N = 2.
   seen = {}
   for n in (1, 2):
