@@ -7,15 +7,20 @@ Makes the built-in phantom data set on first use (AbdomenAtlas layout, under $JA
 checkpoint on held-out phantom cases with real (phantom) tumours and prints tumour DSC, NSD, tumour-wise
 sensitivity and specificity with the report's path.
 
-The demo's phantoms carry conspicuous lesions (lesion_scale 1.8, lesion_contrast 2.0) and it trains with
-the settings below (more tumour-centred and liver-centred patches, 15% synthetic-tumour patches, mild
-intensity augmentation) on 32 phantoms, holding out 16 (8 with liver tumours). Measured on a 2-core CPU
-(README, "Results"): 9 min 51 s from scratch, held-out tumour DSC 0.583 after 2,000 steps.
+The demo's phantom liver lesions are calibrated to real liver metastases (phantoms version 3: size and
+contrast relative to the surrounding liver measured like real ones, medians inside the real p10-p90; see
+``python launch/make_phantoms.py ... --measure``). It trains with the settings below (more tumour-centred and
+liver-centred patches, 15% synthetic-tumour patches, mild intensity augmentation) on 32 phantoms, holding
+out 16 (8 with liver tumours). The README's earlier figures (tumour DSC 0.583 after 2,000 steps) were
+measured on the "easy" lesions of phantoms version 2 (radii x1.8, contrast x2), now the ``easy`` variant;
+they are not the demo's.
 
 Variants (``--config=configs/phantom.py:<variant>``):
   smoke  a tiny model for a few steps on a handful of phantoms: the whole pipeline in well under a minute
          of training on a CPU (used by the tests).
   ood    evaluate on the out-of-distribution phantom variant (other noise, contrast phase, spacing, anatomy).
+  easy   lesions made easy: radii x1.8 and twice the calibrated contrast (about twice as dark as real
+         metastases, and larger). Chosen until a DSC target was met; report it as "easy", never as the demo.
 """
 
 import ml_collections
@@ -40,10 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.phantom.num_cases = 48
   c.data.phantom.seed = 0
   c.data.phantom.tumor_fraction = 0.5
-  # Conspicuous lesions, so that a CPU learns them in minutes: radii x1.8 (about 9-25 mm, a fifth 5-9 mm)
-  # and twice the generator's contrast (hypodense liver lesions about 30-80 HU in a 100-130 HU liver).
-  c.data.phantom.lesion_scale = 1.8
-  c.data.phantom.lesion_contrast = 2.0
+  # The generator's calibrated lesions (liver: equivalent diameter about 10-35 mm, median about 20 mm, at
+  # 3 mm about 3-12 voxels across; about 25% darker than the liver around them).
+  c.data.phantom.lesion_scale = 1.0
+  c.data.phantom.lesion_contrast = 1.0
 
   c.model.features = (8, 16, 32, 64)
   c.model.blocks_per_stage = (1, 1, 1, 1)
@@ -78,7 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.window_batch = 8
   c.eval.tumor_in_organ_margin_mm = 6.0
   c.eval.min_tumor_volume_mm3 = 100.0
-  # Chosen on a separate phantom set (seed 1; README "Results"): drops most false-positive components.
+  # Chosen on a separate phantom set (seed 1; README "Results") for the easy version-2 lesions, where it
+  # dropped most false-positive components; not re-chosen for the calibrated lesions yet.
   c.eval.min_tumor_confidence = 0.7
   c.eval.bootstrap = 500
 
@@ -98,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.bootstrap = 50
   elif arg == "ood":
     c.data.phantom.ood = True
+  elif arg == "easy":
+    c.data.phantom.lesion_scale = 1.8
+    c.data.phantom.lesion_contrast = 2.0
   elif arg:
-    raise ValueError(f"configs/phantom.py: unknown variant {arg!r}; use smoke or ood")
+    raise ValueError(f"configs/phantom.py: unknown variant {arg!r}; use smoke, ood or easy")
   return c

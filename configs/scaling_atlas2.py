@@ -7,8 +7,9 @@
   python launch/scaling.py --config=configs/scaling_atlas2.py:pancreas --workdir=... --collect
 
 The grid follows the paper (real tumour cases from 50 to 1,500 and more; real only vs real + synthetic
-tumours on the control scans), 3 seeds, the same step budget per run, evaluated on the same held-out real
-tumour and control cases. Set scaling.ood to "layout:dir" of an external set (for example an MSD task)
+tumours on the control scans, and synthetic tumours alone at N = 0), 3 seeds, the same step budget per run,
+evaluated on the same held-out real tumour and control cases; intervals and paired differences as in
+docs/SCALING.md. Set scaling.ood to "layout:dir" of an external set (for example an MSD task)
 for the out-of-distribution column.
 """
 
@@ -24,9 +25,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.num_steps = 60_000
   c.train.eval_every = 0
   c.scaling = ml_collections.ConfigDict()
-  c.scaling.num_real = (50, 100, 250, 500, 1000, 1500, 2500)
+  c.scaling.num_real = (0, 50, 100, 250, 500, 1000, 1500, 2500)
   c.scaling.arms = ("real", "real+synth")
   c.scaling.seeds = (0, 1, 2)
   c.scaling.ood = ""
   c.scaling.ood_cases = 100
+  c.scaling.bootstrap = 2000
   return c

@@ -33,7 +33,7 @@ def _spatial(image: jax.Array, label: jax.Array, key: jax.Array, cfg: ml_collect
   angles = jax.random.uniform(k_rot, (3,), minval=-max_rad, maxval=max_rad)
   lo, hi = (float(s) for s in cfg.scale)
   scale = jax.random.uniform(k_scale, (), minval=lo, maxval=hi)
-  prob = float(cfg.get("spatial_prob", 0.2))
+  prob = float(cfg.spatial_prob)
   do = jax.random.uniform(k_do) < prob
   mat = jnp.where(do, _rotation_matrix(angles) / scale, jnp.eye(3))
   shape = image.shape
@@ -49,7 +49,7 @@ def augment_sample(image: jax.Array, label: jax.Array, key: jax.Array, cfg: ml_c
                    ) -> tuple[jax.Array, jax.Array]:
   """One sample: image float32 [X, Y, Z] (windowed), label int32 [X, Y, Z]."""
   keys = jax.random.split(key, 10)
-  if cfg.get("spatial", False):
+  if cfg.spatial:
     image, label = _spatial(image, label, keys[0], cfg)
   if cfg.mirror:
     flips = jax.random.bernoulli(keys[1], 0.5, (3,))
@@ -61,13 +61,13 @@ def augment_sample(image: jax.Array, label: jax.Array, key: jax.Array, cfg: ml_c
     branches = [lambda x, r=r: jnp.rot90(x, r, axes=(0, 1)) for r in range(4)]
     image = jax.lax.switch(k, branches, image)
     label = jax.lax.switch(k, branches, label)
-  blur_prob = float(cfg.get("blur_prob", 0.0))
+  blur_prob = float(cfg.blur_prob)
   if blur_prob > 0:
     lo, hi = (float(s) for s in cfg.blur_sigma)
     sigma = jax.random.uniform(keys[3], (), minval=lo, maxval=hi)
     blurred = ops.gaussian_blur(image, jnp.full((3,), sigma))
     image = jnp.where(jax.random.uniform(keys[4]) < blur_prob, blurred, image)
-  noise_prob = float(cfg.get("noise_prob", 0.0))
+  noise_prob = float(cfg.noise_prob)
   if noise_prob > 0:
     std = jax.random.uniform(keys[5], (), maxval=float(cfg.noise_std))
     noisy = image + std * jax.random.normal(keys[6], image.shape)

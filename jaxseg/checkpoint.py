@@ -5,6 +5,10 @@ the Grain iterator state of every process, the config) and ``best/<step>`` (the 
 validation metric, kept apart so the rolling window never deletes it). Saves are asynchronous: training goes
 on while Orbax writes, and Orbax only commits a step directory once it is complete, so a killed run resumes
 from the last complete save.
+
+This module is Orbax I/O over abstract trees and knows nothing of models or optimizers: callers pass the
+shapes and shardings to restore into (jaxseg/assembly.py builds them), and inference restores the
+parameters alone (``restore_params``), without building an optimizer.
 """
 
 from __future__ import annotations
@@ -22,10 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jaxseg import labels as labels_lib, parallel, workdir as workdir_lib
-from jaxseg.models import build_model
-from jaxseg.train import state as state_lib
-from jaxseg.train.optim import make_optimizer
+from jaxseg import parallel, workdir as workdir_lib
 
 
 KILL_IN_SAVE_ENV = "JAXSEG_KILL_IN_SAVE"
@@ -327,23 +328,18 @@ def _config_from_json(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fix(d))
 
 
-def restore_for_inference(workdir: str, step: int | str | None = None, mesh=None):
-  """Parameters of a run for evaluation or prediction, on any number of devices.
+def restore_params(workdir: str, abstract_params, step: int | str | None = None):
+  """The model parameters of a checkpoint, alone (the optimizer state is not read).
 
   Args:
     workdir: the run's work directory.
+    abstract_params: shapes, dtypes and shardings to restore into (assembly.abstract_params).
     step: a checkpoint step, "best" for the best-by-validation state, or None for the latest.
-    mesh: the mesh to place the (replicated) parameters on; default: all local devices.
   Returns:
-    (config, params, step).
+    (params, step).
   Raises:
-    FileNotFoundError: no such work directory, checkpoint or step.
+    FileNotFoundError: no such checkpoint directory or step.
   """
-  config = load_config(workdir)
-  mesh = mesh or parallel.make_mesh(jax.local_devices())
-  model = build_model(config.model, labels_lib.num_classes(tuple(config.data.organs)))
-  optimizer, _ = make_optimizer(config.optim, config.train.num_steps)
-  abstract = state_lib.abstract_state(config, model, optimizer, mesh)
   sub = "best" if step == "best" else "checkpoints"
   directory = os.path.abspath(os.path.join(workdir, sub))
   if not os.path.isdir(directory):
@@ -358,5 +354,8 @@ def restore_for_inference(workdir: str, step: int | str | None = None, mesh=None
       use = int(step)
       if use not in steps:
         raise FileNotFoundError(f"{directory}: no checkpoint at step {use}; have {sorted(steps)}")
-    restored = mgr.restore(use, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  return config, restored["state"]["params"], use
+    target = {"params": abstract_params}
+    restored = mgr.restore(use, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+  return restored["state"]["params"], use

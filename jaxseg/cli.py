@@ -7,9 +7,11 @@ import os
 import sys
 from typing import Callable
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from jaxseg import parallel
+from jaxseg.default_config import config_from_file
+from jaxseg.registry import closest
 from jaxseg.workdir import disk_error
 
 _COORD = flags.DEFINE_string("coordinator_address", "",
@@ -148,51 +150,60 @@ def check_output_dir(path: str | None, flag: str) -> None:
     raise ValueError(f"{flag}: {parent} (a parent of {path}) is a file, not a directory")
 
 
-def run(main: Callable, config_flag: str = "config") -> None:
-  """``app.run(main)``, with a config file that cannot be loaded reported in one line.
+def _first_line(e: BaseException) -> str:
+  text = " ".join(str(e).replace("\\n", "\n").split("\n")[:1]).strip().strip("'\"")
+  return text or type(e).__name__
 
-  With a ``--config.x=...`` override, ml_collections loads the file while absl parses the flags, before
-  ``main`` runs, and a missing file escapes as a 40-line chained IOError: caught here, named in one line.
+
+def _config_flag_error(argv: list[str], e: BaseException) -> str:
+  """One line for a bad ``--config`` or ``--config.<field>`` flag: the file, or the field and its closest names.
+
+  The config file is loaded again here (cheap) so the message names the first override whose path does not
+  exist in it, with the closest valid names at that level.
   """
-  from absl import app  # pylint: disable=import-outside-toplevel
-  started = []
-
-  def tracked(argv):
-    started.append(True)
-    return main(argv)
-
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if spec is None:
+    return _first_line(e)
+  path, _, variant = spec.partition(":")
   try:
-    app.run(tracked)
-  except OSError as e:
-    if started:
-      raise
-    path = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(f"--{config_flag}=")), "")
-    print(f"error: {_config_error(f'--{config_flag}', path, e)}", file=sys.stderr)
-    sys.exit(1)
+    config = config_from_file(path, variant or None)
+  except FileNotFoundError:
+    return f"--config: {path}: no such config file"
+  except Exception as load_error:  # pylint: disable=broad-except
+    return f"--config: {spec}: {_first_line(load_error)}"
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    field, _, value = arg[len("--config."):].partition("=")
+    node, walked = config, []
+    for key in field.split("."):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if key not in keys:
+        where = ".".join(walked) or "the config"
+        return f"--config.{field}: {where} has no field {key!r}{closest(key, keys)}"
+      node, walked = node[key], walked + [key]
+    if value and not isinstance(node, str):
+      return f"--config.{field}={value}: not a valid value for this field (it holds {node!r})"
+  return _first_line(e)
 
 
-def _config_error(flag: str, path: str, e: BaseException) -> str:
-  path = (path or "").split(":")[0]
-  if path and not os.path.exists(path):
-    return f"{flag}: {path}: no such config file"
-  cause = e
-  while (cause.__cause__ or cause.__context__) is not None:
-    cause = cause.__cause__ or cause.__context__
-  return f"{flag}: {path or '?'}: cannot be loaded ({type(cause).__name__}: {_one_line(cause)})"
-
-
-def config_value(holder, flag: str = "--config"):
-  """The value of a config_flags flag, or ValueError naming the file when it cannot be loaded.
-
-  ml_collections defers a config file's load error to the first ``.value``, as a chained IOError some 40
-  lines long; this turns it into one line.
-  """
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every failure (a bad flag, config file or override) as one line, exit 1."""
   try:
-    return holder.value
-  except OSError as e:
-    path = ""
-    try:
-      path = flags.FLAGS[holder.name].config_filename
-    except Exception:  # pylint: disable=broad-except
-      pass
-    raise ValueError(_config_error(flag, path, e)) from None
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+      value = flags.FLAGS["config"].value  # config_flags reports a bad file only when the value is read.
+      if value is not None:
+        value.keys()
+    return rest
+  except flags.Error as e:
+    message = _config_flag_error(argv, e) if any(a.startswith("--config") for a in argv[1:]) else str(e)
+  except Exception as e:  # pylint: disable=broad-except  # ml_collections raises plain errors on overrides.
+    message = _config_flag_error(argv, e)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def run(main: Callable) -> None:
+  """``app.run`` for every launch script: one-line errors for bad flags and for user errors in ``main``."""
+  app.run(user_errors(main), flags_parser=_parse_flags)

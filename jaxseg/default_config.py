@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Synthetic tumours on control samples, inside the jitted step (jaxseg/synth).
   c.synth = ml_collections.ConfigDict()
   c.synth.enabled = True
+  c.synth.name = "rule_based"       # the synthesis stage (jaxseg/synth/stage.py SYNTHESIZERS)
   c.synth.prob = 0.9                # per control sample (the reference's value)
   c.synth.contrast = "absolute"     # absolute (published HU drop) | relative (to the organ's local HU)
   c.synth.profiles = default_profiles_config()  # per organ, e.g. --config.synth.profiles.liver.delta=...

@@ -20,7 +20,7 @@ def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh named "data" over ``devices`` (default: all devices of all processes).
 
   Auto axis types: inputs put in place with NamedSharding work under jit and shard_map alike (jax.make_mesh
-  now defaults to Explicit axes, which shard_map rejects for unsharded inputs; DESIGN.md).
+  now defaults to Explicit axes, which shard_map rejects for unsharded inputs; docs/DESIGN.md).
   """
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))

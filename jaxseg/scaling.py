@@ -1,11 +1,21 @@
 """The data-scaling study of the AbdomenAtlas 2.0 paper: tumour DSC against the number of real tumour cases.
 
-For each N of ``config.scaling.num_real`` and each arm ("real": real tumour cases only; "real+synth": the
-same real cases plus synthetic tumours placed on control cases), for each seed, one run with the same step
-budget trains and is evaluated on the same held-out real tumour cases (and on an out-of-distribution set
-when ``config.scaling.ood`` names one). Runs are separate work directories under ``<workdir>/runs``; a run
-whose ``result.json`` exists is not redone, so the study resumes, and runs can be dispatched as separate
-jobs (``run_names`` + ``run_one``) and collected afterwards (``collect``).
+Arms (docs/SCALING.md): for each N of ``config.scaling.num_real`` and each seed,
+  * "real": the first N real tumour cases of the train split plus every control case of it, the controls
+    as negatives (synthesis off);
+  * "real+synth": the same cases, the same patches in the same order, with synthetic tumours placed on the
+    control patches on the device (synthesis on) - the only difference;
+  * "synth": real+synth at N = 0 (the label-free setting: control cases with synthetic tumours only). At
+    N = 0 the real arm has no tumour to learn from and is not run.
+Every run has the same step budget and is evaluated on the same held-out real tumour and control cases
+(and on an out-of-distribution set when ``config.scaling.ood`` names one). Runs are separate work
+directories under ``<workdir>/runs``; a run whose ``result.json`` exists is not redone, so the study
+resumes, and runs can be dispatched as separate jobs (``run_names`` + ``run_one``) and collected
+afterwards (``collect``).
+
+Statistics (``collect``): per point (arm, N) the mean over seeds and held-out cases with a 95% crossed
+bootstrap interval (seeds and cases resampled independently, jaxseg/metrics/bootstrap.crossed_bootstrap);
+per N the paired difference real+synth - real (paired by seed and held-out case) with its interval.
 """
 
 from __future__ import annotations
@@ -20,47 +30,128 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxseg import labels as labels_lib
+from jaxseg.data import cache, split
+from jaxseg.data.phantom import ensure_phantoms
+from jaxseg.data.pipeline import make_train_loader
+from jaxseg.data.prepare import prepare_data
+from jaxseg.infer.evaluate import evaluate_checkpoint
+from jaxseg.metrics.bootstrap import crossed_bootstrap
+from jaxseg.train.loop import train_and_evaluate
+
 ARMS = ("real", "real+synth")
-METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity", "organ_dsc")
+METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
+           "fp_per_control_case", "organ_dsc")
+# The per-case figures the statistics are computed from (numerator, denominator per held-out case).
+CASE_METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
+                "fp_per_control_case", "organ_dsc")
+# The table's columns: (key, heading, digits).
+TABLE = (("tumor_dsc", "tumour DSC", 3), ("tumor_sensitivity", "tumour-wise sensitivity", 2),
+         ("specificity", "specificity", 2), ("fp_per_control_case", "FP per control", 2),
+         ("organ_dsc", "organ DSC", 3), ("ood_tumor_dsc", "OOD tumour DSC", 3))
+
+
+def arm_name(arm: str, num_real: int) -> str:
+  """The arm as reported: "synth" for real+synth at N = 0 (label-free), else the arm."""
+  return "synth" if arm == "real+synth" and int(num_real) == 0 else arm
 
 
 def run_names(config: ml_collections.ConfigDict) -> list[str]:
-  """Every run of the study, in a fixed order: ``<arm>_n<N>_s<seed>`` (arm "real+synth" spelled "synth")."""
+  """Every run of the study, in a fixed order: ``<arm>_n<N>_s<seed>`` (arm "real+synth" spelled "synth").
+
+  N = 0 has only the synthetic arm (the real arm would have no tumour to learn from).
+  """
   s = config.scaling
   for arm in s.arms:
     if arm not in ARMS:
       raise ValueError(f"scaling.arms: unknown arm {arm!r}; known: {', '.join(ARMS)}")
+  if any(int(n) < 0 for n in s.num_real):
+    raise ValueError(f"scaling.num_real: {tuple(s.num_real)} must be >= 0 (0: synthetic tumours only)")
   return [f"{'synth' if arm == 'real+synth' else 'real'}_n{n}_s{seed}"
-          for n in s.num_real for arm in s.arms for seed in s.seeds]
+          for n in s.num_real for arm in s.arms for seed in s.seeds if not (int(n) == 0 and arm == "real")]
+
+
+def parse_name(name: str) -> tuple[str, int, int]:
+  """``<arm>_n<N>_s<seed>`` -> (arm, N, seed) with arm "real" or "real+synth"."""
+  arm, n, seed = name.split("_")
+  return ("real+synth" if arm == "synth" else "real"), int(n[1:]), int(seed[1:])
 
 
 def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """The training config of one run of the study."""
-  arm, n, seed = name.split("_")
+  """The training config of one run: the study's config with N, the synthesis switch and the seed set.
+
+  Nothing else differs between the arms: the data stream (real tumour cases and control cases, mixed by
+  data.synth_fraction) is the same, and only config.synth.enabled decides whether control patches get
+  synthetic tumours on the device or stay negatives.
+  """
+  arm, n, seed = parse_name(name)
   c = copy.deepcopy(config)
-  c.data.num_real_tumor_cases = int(n[1:])
-  c.synth.enabled = arm == "synth"
-  c.seed = int(seed[1:])
+  c.data.num_real_tumor_cases = n
+  c.synth.enabled = arm == "real+synth"
+  c.seed = seed
   return c
 
 
-def _ood_eval(config, workdir: str) -> dict:
+def _read_cases_csv(path: str) -> list[dict]:
+  """Per-case figures from an evaluation's cases.csv (first organ label and first tumour label)."""
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+
+  def num(v):
+    return float(v) if v not in ("", None) else math.nan
+
+  tumor_label = next((r["label"] for r in rows if r["is_tumor"] == "1"), None)
+  organ_label = next((r["label"] for r in rows if r["is_tumor"] == "0"), None)
+  out = {}
+  for r in rows:
+    c = out.setdefault(r["case"], {"case": r["case"]})
+    if r["label"] == tumor_label:
+      c.update(tumor_case=r["tumor_case"] == "1", tumor_dsc=num(r["dsc"]), tumor_nsd=num(r["nsd"]),
+               gt_tumors=int(num(r["gt_tumors"])), detected_tumors=int(num(r["detected_tumors"])),
+               case_positive=r["case_positive"] == "1", fp_components=int(num(r["fp_components"])))
+    elif r["label"] == organ_label:
+      c["organ_dsc"] = num(r["dsc"])
+  return [out[k] for k in sorted(out)]
+
+
+def case_figure(case: dict, metric: str) -> tuple[float, float]:
+  """(numerator, denominator) of ``metric`` for one held-out case (denominator 0: the case does not count)."""
+  tumor = bool(case.get("tumor_case"))
+  if metric in ("tumor_dsc", "tumor_nsd", "organ_dsc"):
+    v = case.get(metric, math.nan)
+    ok = np.isfinite(v) and (tumor or metric == "organ_dsc")
+    return (float(v), 1.0) if ok else (0.0, 0.0)
+  if metric == "tumor_sensitivity":
+    return (float(case["detected_tumors"]), float(case["gt_tumors"])) if tumor else (0.0, 0.0)
+  if metric == "patient_sensitivity":
+    return (float(case["case_positive"]), 1.0) if tumor else (0.0, 0.0)
+  if metric == "specificity":
+    return (0.0, 0.0) if tumor else (float(not case["case_positive"]), 1.0)
+  if metric == "fp_per_control_case":
+    return (0.0, 0.0) if tumor else (float(case["fp_components"]), 1.0)
+  raise ValueError(f"unknown per-case metric {metric!r}")
+
+
+def _ood_eval(config, workdir: str) -> tuple[dict, list[dict]]:
   """Evaluates the run's final checkpoint on the out-of-distribution data set named by scaling.ood."""
-  from jaxseg.data.phantom import ensure_phantoms  # pylint: disable=import-outside-toplevel
-  from jaxseg.infer.evaluate import evaluate_checkpoint  # pylint: disable=import-outside-toplevel
   spec = config.scaling.ood
   if spec == "phantom_ood":
     d = copy.deepcopy(config.data)
     d.root, d.phantom.ood = "", True
     d.phantom.num_cases = int(config.scaling.ood_cases)
     spec = f"atlas:{ensure_phantoms(d)}"
-  summary = evaluate_checkpoint(workdir, spec, None, config.eval, os.path.join(workdir, "eval", "ood"))
-  return {f"ood_{k}": summary.get(k, float("nan")) for k in METRICS}
+  out_dir = os.path.join(workdir, "eval", "ood")
+  summary = evaluate_checkpoint(workdir, spec, None, config.eval, out_dir)
+  return ({f"ood_{k}": summary.get(k, float("nan")) for k in METRICS},
+          _read_cases_csv(os.path.join(out_dir, "cases.csv")))
 
 
 def run_one(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
-  """Trains and evaluates one run (skipped when its result exists) and returns its result row."""
-  from jaxseg.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  """Trains and evaluates one run (skipped when its result exists) and returns its result row.
+
+  The row holds the headline metrics and, under "cases" (and "ood_cases"), the per-case figures of the
+  held-out evaluation that the study's intervals are computed from.
+  """
   run_dir = os.path.join(workdir, "runs", name)
   result_path = os.path.join(run_dir, "result.json")
   if os.path.exists(result_path):
@@ -69,33 +160,169 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   c = run_config(config, name)
   logging.info("scaling study: run %s", name)
   summary = train_and_evaluate(c, run_dir)
-  arm, n, seed = name.split("_")
-  row = {"run": name, "arm": "real+synth" if arm == "synth" else "real", "num_real": int(n[1:]),
-         "seed": int(seed[1:]), "steps": int(c.train.num_steps)}
+  arm, n, seed = parse_name(name)
+  row = {"run": name, "arm": arm, "num_real": n, "seed": seed, "steps": int(c.train.num_steps)}
   row.update({k: summary.get(k, float("nan")) for k in METRICS})
+  eval_dir = summary.get("eval_dir") or os.path.join(run_dir, "eval", f"step_{int(c.train.num_steps)}")
+  row["cases"] = _read_cases_csv(os.path.join(eval_dir, "cases.csv"))
   if config.scaling.ood:
-    row.update(_ood_eval(config, run_dir))
+    ood, row["ood_cases"] = _ood_eval(config, run_dir)
+    row.update(ood)
   with open(result_path + ".tmp", "w") as f:
-    json.dump(row, f, indent=2, default=float)
+    json.dump(row, f, indent=1, default=float)
   os.replace(result_path + ".tmp", result_path)  # The marker that the run is finished.
   return row
 
 
-def _band(values: list[float]) -> tuple[float, float, float]:
-  """Mean and a 95% band over seeds (t-interval from the seeds' spread; min..max with fewer than 3)."""
-  v = np.asarray([x for x in values if x is not None and not math.isnan(x)], float)
-  if v.size == 0:
-    return float("nan"), float("nan"), float("nan")
-  m = float(v.mean())
-  if v.size < 3:
-    return m, float(v.min()), float(v.max())
-  t = {3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}.get(v.size, 1.96)
-  h = t * float(v.std(ddof=1)) / math.sqrt(v.size)
-  return m, m - h, m + h
+def _grid(runs: list[dict], key: str, seeds: list[int], cases: list[str], metric: str):
+  """[seeds, cases] numerator and denominator grids of ``metric`` from the runs' per-case figures."""
+  numer, denom = np.zeros((len(seeds), len(cases))), np.zeros((len(seeds), len(cases)))
+  col = {c: j for j, c in enumerate(cases)}
+  for r in runs:
+    i = seeds.index(r["seed"])
+    for case in r.get(key, []):
+      numer[i, col[case["case"]]], denom[i, col[case["case"]]] = case_figure(case, metric)
+  return numer, denom
+
+
+def _metric_keys(runs: list[dict]) -> list[tuple[str, str, str]]:
+  """(reported metric, per-case list key, per-case metric) available in ``runs``."""
+  keys = [(m, "cases", m) for m in CASE_METRICS]
+  if any("ood_cases" in r for r in runs):
+    keys += [(f"ood_{m}", "ood_cases", m) for m in CASE_METRICS]
+  return keys
+
+
+def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float = 0.95) -> dict:
+  """Points (arm, N) with means and intervals, and per-N paired differences real+synth - real.
+
+  Args:
+    rows: finished runs' results (``run_one``), each with per-case figures.
+    num_bootstrap: bootstrap resamples.
+    seed: bootstrap seed.
+    level: interval level.
+
+  Returns:
+    {"points": [{arm, num_real, runs, seeds, cases, <metric>, <metric>_lo, <metric>_hi, ...}],
+     "differences": [{num_real, seeds, <metric>, <metric>_lo, <metric>_hi, ...}]} where a difference is
+    over the seeds both arms finished.
+  """
+  groups: dict[tuple[str, int], list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["arm"], int(r["num_real"])), []).append(r)
+  points, diffs = [], []
+  for (arm, n), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], ARMS.index(kv[0][0]))):
+    seeds = sorted(r["seed"] for r in runs)
+    p = {"arm": arm_name(arm, n), "num_real": n, "runs": len(runs), "seeds": seeds}
+    for metric, key, per_case in _metric_keys(runs):
+      cases = sorted({c["case"] for r in runs for c in r.get(key, [])})
+      if not cases:
+        continue
+      numer, denom = _grid(runs, key, seeds, cases, per_case)
+      p[metric], p[metric + "_lo"], p[metric + "_hi"] = crossed_bootstrap(numer, denom, num_bootstrap, seed,
+                                                                            level)
+      p["num_" + key] = len(cases)
+    points.append(p)
+  for n in sorted({n for _, n in groups}):
+    a, b = groups.get(("real+synth", n)), groups.get(("real", n))
+    if not a or not b:
+      continue
+    seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
+    if not seeds:
+      continue
+    a = [r for r in a if r["seed"] in seeds]
+    b = [r for r in b if r["seed"] in seeds]
+    d = {"num_real": n, "seeds": seeds}
+    for metric, key, per_case in _metric_keys(a + b):
+      cases = sorted({c["case"] for r in a + b for c in r.get(key, [])})
+      if not cases:
+        continue
+      na, da = _grid(a, key, seeds, cases, per_case)
+      nb, db = _grid(b, key, seeds, cases, per_case)
+      d[metric], d[metric + "_lo"], d[metric + "_hi"] = crossed_bootstrap(
+          na, da, num_bootstrap, seed, level, paired_numer=nb, paired_denom=db)
+    diffs.append(d)
+  return {"points": points, "differences": diffs, "bootstrap": num_bootstrap, "level": level}
+
+
+def _fmt(p: dict, key: str, digits: int, signed: bool = False) -> str:
+  v = p.get(key)
+  if v is None or not np.isfinite(v):
+    return "n/a"
+  f = f"{{:{'+' if signed else ''}.{digits}f}}"
+  lo, hi = p.get(key + "_lo"), p.get(key + "_hi")
+  if lo is None or not np.isfinite(lo):
+    return f.format(v)
+  return f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def markdown_table(stats: dict, rows: list[dict]) -> str:
+  """The study's tables in markdown: points, paired differences, false positives per control case."""
+  cols = [c for c in TABLE if any(c[0] in p for p in stats["points"])]
+  level = int(round(100 * stats.get("level", 0.95)))
+  out = [f"Mean over seeds and held-out cases [{level}% bootstrap interval, seeds and cases resampled "
+         f"({stats.get('bootstrap')} resamples)].", "",
+         "| N | arm | runs (seeds) | " + " | ".join(c[1] for c in cols) + " |",
+         "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+  for p in stats["points"]:
+    out.append(f"| {p['num_real']} | {p['arm']} | {p['runs']} ({','.join(map(str, p['seeds']))}) | "
+               + " | ".join(_fmt(p, k, d) for k, _, d in cols) + " |")
+  notes = []
+  if any(len(p["seeds"]) < 3 for p in stats["points"]):
+    notes.append("Points with fewer than 3 seeds: their intervals say little about the seed-to-seed spread "
+                 "(one seed: none).")
+  if any(k in p and not np.isfinite(p.get(k + "_lo", np.nan)) for p in stats["points"] for k, _, _ in cols):
+    notes.append("A value without an interval: fewer than 2 held-out cases count for it.")
+  if notes:
+    out += [""] + notes
+  if stats["differences"]:
+    out += ["", f"Paired difference real+synth - real (same seeds and held-out cases) [{level}% bootstrap "
+            "interval]; an interval that excludes 0 is a difference this study resolves.", "",
+            "| N | seeds | " + " | ".join(f"delta {c[1]}" for c in cols) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+    for d in stats["differences"]:
+      out.append(f"| {d['num_real']} | {','.join(map(str, d['seeds']))} | "
+                 + " | ".join(_fmt(d, k, dg, signed=True) for k, _, dg in cols) + " |")
+  fp = _fp_per_control(rows)
+  if fp["cases"]:
+    out += ["", "False-positive tumour components per held-out control case (one number per seed):", "",
+            "| N | arm | " + " | ".join(fp["cases"]) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in fp["cases"]) + " |"]
+    for (n, arm), per_case in fp["rows"]:
+      out.append(f"| {n} | {arm} | " + " | ".join("/".join(str(x) for x in per_case.get(c, [])) or "-"
+                                                   for c in fp["cases"]) + " |")
+  return "\n".join(out)
+
+
+def _fp_per_control(rows: list[dict]) -> dict:
+  cases = sorted({c["case"] for r in rows for c in r.get("cases", []) if not c.get("tumor_case")})
+  table: dict[tuple[int, str], dict[str, list[int]]] = {}
+  for r in sorted(rows, key=lambda r: (r["num_real"], ARMS.index(r["arm"]), r["seed"])):
+    per = table.setdefault((r["num_real"], arm_name(r["arm"], r["num_real"])), {})
+    for c in r.get("cases", []):
+      if not c.get("tumor_case"):
+        per.setdefault(c["case"], []).append(int(c["fp_components"]))
+  return {"cases": cases, "rows": list(table.items())}
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+  keys = []
+  for r in rows:
+    keys += [k for k in r if k not in keys]
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, keys)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
 
 
 def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Reads every finished run, writes results.csv, summary.json and scaling.png; returns the summary."""
+  """Reads every finished run and writes the study's results (returns the summary).
+
+  Writes into ``workdir``: results.csv (one row per point and per paired difference, with intervals),
+  runs.csv (one row per run, headline metrics), cases.csv (one row per run and held-out case),
+  summary.json, table.md (``markdown_table``) and scaling.png.
+  """
   rows = []
   for name in run_names(config):
     path = os.path.join(workdir, "runs", name, "result.json")
@@ -104,58 +331,138 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rows.append(json.load(f))
   if not rows:
     raise ValueError(f"{workdir}: no finished run of the study yet")
-  keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("run", "arm", "num_real", "seed"), k))
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, keys)
-    w.writeheader()
-    w.writerows(rows)
-  metrics = [k for k in keys if k.endswith(METRICS) and isinstance(rows[0].get(k), (int, float))]
-  curves = {}
-  for arm in config.scaling.arms:
-    for n in config.scaling.num_real:
-      sel = [r for r in rows if r["arm"] == arm and r["num_real"] == n]
-      if not sel:
-        continue
-      entry = {"num_real": n, "runs": len(sel)}
-      for k in metrics:
-        entry[k], entry[k + "_lo"], entry[k + "_hi"] = _band([r.get(k) for r in sel])
-      curves.setdefault(arm, []).append(entry)
-  summary = {"runs_finished": len(rows), "runs_total": len(run_names(config)), "curves": curves,
-             "num_steps": int(config.train.num_steps), "seeds": list(config.scaling.seeds)}
+  missing = [r["run"] for r in rows if "cases" not in r]
+  if missing:
+    raise ValueError(f"{workdir}: runs without per-case results (made by an older jaxseg): {missing[:4]}; "
+                     "remove their result.json to redo them")
+  stats = statistics(rows, int(config.scaling.get("bootstrap", 2000)))
+  table = [dict(p, kind="point") for p in stats["points"]]
+  table += [dict(d, kind="paired difference", arm="real+synth - real") for d in stats["differences"]]
+  _write_csv(os.path.join(workdir, "results.csv"), table)
+  _write_csv(os.path.join(workdir, "runs.csv"),
+             [{k: v for k, v in r.items() if k not in ("cases", "ood_cases")} for r in rows])
+  _write_csv(os.path.join(workdir, "cases.csv"),
+             [dict(run=r["run"], arm=arm_name(r["arm"], r["num_real"]), num_real=r["num_real"], seed=r["seed"],
+                   set=key.replace("_cases", "").replace("cases", "held_out"), **c)
+              for r in rows for key in ("cases", "ood_cases") for c in r.get(key, [])])
+  md = markdown_table(stats, rows)
+  with open(os.path.join(workdir, "table.md"), "w") as f:
+    f.write(md + "\n")
+  summary = {"runs_finished": len(rows), "runs_total": len(run_names(config)),
+             "num_steps": int(config.train.num_steps), "seeds": list(config.scaling.seeds), **stats,
+             "table": md}
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2, default=float)
-  _plot(curves, [m for m in ("tumor_dsc", "tumor_sensitivity", "ood_tumor_dsc") if m in metrics],
-        os.path.join(workdir, "scaling.png"))
+  _plot(stats, os.path.join(workdir, "scaling.png"))
   return summary
 
 
-def _plot(curves: dict, metrics: list[str], path: str) -> None:
+def _plot(stats: dict, path: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+  metrics = [m for m in ("tumor_dsc", "tumor_sensitivity", "ood_tumor_dsc") if any(m in p for p in stats["points"])]
+  ns = sorted({p["num_real"] for p in stats["points"]})
+  x_of = {n: i for i, n in enumerate(ns)}  # evenly spaced N (N = 0 has no place on a log axis)
+  panels = len(metrics) + 1
+  fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4), squeeze=False)
+  level = int(round(100 * stats.get("level", 0.95)))
+  styles = {"real": ("tab:blue", "o"), "real+synth": ("tab:orange", "s"), "synth": ("tab:green", "D")}
   for ax, metric in zip(axes[0], metrics):
-    for arm, pts in curves.items():
-      x = [p["num_real"] for p in pts]
-      ax.plot(x, [p[metric] for p in pts], marker="o", label=arm)
-      ax.fill_between(x, [p[metric + "_lo"] for p in pts], [p[metric + "_hi"] for p in pts], alpha=0.2)
-    ax.set_xscale("log")
-    ticks = sorted({p["num_real"] for pts in curves.values() for p in pts})
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("real tumour cases (N)")
+    for arm in ("real", "real+synth", "synth"):
+      pts = [p for p in stats["points"] if p["arm"] == arm and metric in p]
+      if not pts:
+        continue
+      x = np.array([x_of[p["num_real"]] for p in pts]) + {"real": -0.06, "real+synth": 0.06, "synth": 0.0}[arm]
+      y = np.array([p[metric] for p in pts])
+      err = np.array([[max(p[metric] - p[metric + "_lo"], 0) if np.isfinite(p[metric + "_lo"]) else 0,
+                       max(p[metric + "_hi"] - p[metric], 0) if np.isfinite(p[metric + "_hi"]) else 0]
+                      for p in pts]).T
+      color, marker = styles[arm]
+      ax.errorbar(x, y, yerr=err, marker=marker, color=color, capsize=3, label=arm,
+                  linestyle="-" if arm != "synth" else "none")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_ylim(0, 1)
+  ax = axes[0][-1]
+  diffs = stats["differences"]
+  if diffs:
+    x = [x_of[d["num_real"]] for d in diffs]
+    y = np.array([d.get("tumor_dsc", np.nan) for d in diffs])
+    err = np.array([[max(d["tumor_dsc"] - d["tumor_dsc_lo"], 0), max(d["tumor_dsc_hi"] - d["tumor_dsc"], 0)]
+                    if np.isfinite(d.get("tumor_dsc_lo", np.nan)) else [0, 0] for d in diffs]).T
+    ax.errorbar(x, y, yerr=err, marker="s", color="tab:purple", capsize=3, label="real+synth - real")
+  ax.axhline(0, color="gray", lw=0.8)
+  ax.set_ylabel("paired difference in tumour DSC")
+  for ax in axes[0]:
+    ax.set_xticks(range(len(ns)), [str(n) for n in ns])
+    ax.set_xlim(-0.5, len(ns) - 0.5)
+    ax.set_xlabel("real tumour cases (N)")
     ax.grid(alpha=0.3)
-    ax.legend()
-  fig.suptitle("Tumour segmentation against the number of real tumour cases (mean over seeds, 95% band)")
+    ax.legend(fontsize=8)
+  fig.suptitle(f"Mean over seeds and held-out cases; error bars: {level}% bootstrap interval "
+               "(seeds and cases resampled)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
+def sampling_report(config: ml_collections.ConfigDict, num_batches: int = 200) -> dict:
+  """How tumour-rich training patches are, against the held-out sliding windows (a specificity diagnostic).
+
+  Draws ``num_batches`` batches from the real arm's loader at the largest N (the real+synth arm draws the
+  same patches) and counts the patches that show an organ of the run: the share with a real tumour, and
+  the share of control patches, ``synth.prob`` of which get a synthetic tumour in the real+synth arm (an
+  upper bound: a synthesis may fail to place its tumour). Then tiles each held-out case with windows of
+  ``data.patch_size`` at ``eval.overlap`` and counts the windows that show an organ and a tumour.
+  """
+  organs = tuple(config.data.organs)
+  organ_ids = [labels_lib.organ_label(organs, o) for o in organs]
+  tumour_ids = [labels_lib.tumor_label(organs, o) for o in organs]
+  cache_dir = prepare_data(config.data)
+  cases = cache.list_cases(cache_dir)
+  train_ids, val_ids = split.split_cases(cases, config.data.num_val, config.data.split_seed, organs)
+  n = max(int(x) for x in config.scaling.num_real)
+  c = run_config(config, f"real_n{n}_s{config.scaling.seeds[0]}")
+  it = make_train_loader(c.data, cache_dir, train_ids, seed=c.seed)
+  shown = real = control = 0
+  for _ in range(num_batches):
+    b = next(it)
+    for lab, so in zip(b["label"], b["synth_organ"]):
+      if np.isin(lab, organ_ids + tumour_ids).any():
+        shown += 1
+        real += bool(np.isin(lab, tumour_ids).any())
+        control += bool(so >= 0)
+  close = getattr(it, "close", None)
+  if close is not None:
+    close()
+  size = np.asarray(config.data.patch_size)
+  stride = np.maximum((size * (1.0 - float(config.eval.overlap))).astype(int), 1)
+  windows = {"tumour cases": [0, 0], "control cases": [0, 0]}  # [with a tumour, showing an organ]
+  by_id = {x["case_id"]: x for x in cases}
+  for cid in val_ids:
+    _, lab, _ = cache.load_case(cache_dir, cid, mmap=True)
+    kind = "tumour cases" if split.is_tumor_case(by_id[cid], organs) else "control cases"
+    starts = [range(0, max(d - s, 0) + 1, st) for d, s, st in zip(lab.shape, size, stride)]
+    for x in starts[0]:
+      for y in starts[1]:
+        for z in starts[2]:
+          w = np.asarray(lab[x:x + size[0], y:y + size[1], z:z + size[2]])
+          if np.isin(w, organ_ids + tumour_ids).any():
+            windows[kind][1] += 1
+            windows[kind][0] += bool(np.isin(w, tumour_ids).any())
+  prob = float(config.synth.prob)
+  tw, cw = windows["tumour cases"], windows["control cases"]
+  return {"num_real": n, "patches": num_batches * int(config.data.batch_size), "patches_showing_organ": shown,
+          "train_share_with_tumour_real_arm": real / max(shown, 1),
+          "train_share_with_tumour_real_synth_arm_at_most": (real + prob * control) / max(shown, 1),
+          "train_share_control_patches": control / max(shown, 1),
+          "heldout_windows_showing_organ": tw[1] + cw[1],
+          "heldout_share_with_tumour": (tw[0] + cw[0]) / max(tw[1] + cw[1], 1),
+          "heldout_share_with_tumour_in_tumour_cases": tw[0] / max(tw[1], 1)}
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str, only: str = "") -> dict:
-  """Runs every unfinished run of the study (or just ``only``) and collects the table and plot."""
+  """Runs every unfinished run of the study (or just ``only``) and collects the tables and plot."""
   os.makedirs(workdir, exist_ok=True)
   names = run_names(config)
   if only:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxseg import cli
 from jaxseg.data.bench import measure_loader
 from jaxseg.data.prepare import prepare_data
 
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

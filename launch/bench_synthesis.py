@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg.synth import bench
 
 _ORGAN = flags.DEFINE_string("organ", "liver", "Organ profile.")
@@ -32,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

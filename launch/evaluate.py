@@ -29,7 +29,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxseg.infer.evaluate import evaluate_checkpoint  # pylint: disable=g-import-not-at-top
   step = cli.parse_checkpoint(_CHECKPOINT.value)
-  config = cli.config_value(_CONFIG)
+  config = _CONFIG.value
   eval_cfg = config.eval if config is not None else None
   if _OUT.value:
     cli.check_output_dir(_OUT.value, "--out")

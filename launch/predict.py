@@ -26,10 +26,10 @@ def main(argv):
   cli.check_output_dir(_OUTPUT.value, "--output")
   step = cli.parse_checkpoint(_CHECKPOINT.value)
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxseg import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from jaxseg import assembly, parallel  # pylint: disable=g-import-not-at-top
   from jaxseg.infer.predict import predict_files  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(jax.local_devices())
-  config, params, used = checkpoint.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
+  config, params, used = assembly.restore_for_inference(_WORKDIR.value, step, mesh=mesh)
   failures = []
   written = predict_files(config, params, _INPUT.value, _OUTPUT.value, mesh=mesh, failures=failures)
   print(f"wrote {len(written)} prediction(s) of checkpoint {used} to {_OUTPUT.value}")
@@ -42,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,9 +4,13 @@
   python launch/scaling.py --config=configs/scaling_phantom.py --workdir=runs/scaling --list
   python launch/scaling.py --config=configs/scaling_atlas2.py:pancreas --workdir=/scratch/scaling \
       --only=synth_n500_s0      # one run per cluster job (e.g. a SLURM array over --list)
-  python launch/scaling.py --config=... --workdir=... --collect   # table and plot of finished runs
+  python launch/scaling.py --config=... --workdir=... --collect   # tables and plot of finished runs
+  python launch/scaling.py --config=... --workdir=... --sampling  # tumour share: training patches vs test windows
 
-Reruns skip finished runs. Writes results.csv, summary.json and scaling.png into --workdir.
+Reruns skip finished runs. Prints the study's markdown tables (points with 95% bootstrap intervals over
+seeds and held-out cases, the paired difference real+synth - real per N, false positives per control case)
+and writes results.csv, runs.csv, cases.csv, table.md, summary.json and scaling.png into --workdir
+(docs/SCALING.md describes the study and its statistics).
 """
 
 import json
@@ -20,6 +24,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (with a 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study folder.", required=True)
 _ONLY = flags.DEFINE_string("only", "", "Run just this run (see --list), then collect.")
 _LIST = flags.DEFINE_bool("list", False, "Print the run names, one per line, and exit.")
+_SAMPLING = flags.DEFINE_bool("sampling", False, "Print how tumour-rich the training patches are against the "
+                               "held-out windows (jaxseg.scaling.sampling_report) and exit.")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only collect finished runs into the table and plot.")
 flags.mark_flags_as_required(["config"])
 
@@ -33,12 +39,17 @@ def main(argv):
   if _LIST.value:
     print("\n".join(scaling.run_names(config)))
     return
+  if _SAMPLING.value:
+    print(json.dumps(scaling.sampling_report(config), indent=1))
+    return
   cli.init_processes()
   summary = scaling.collect(config, _WORKDIR.value) if _COLLECT.value else scaling.run_study(
       config, _WORKDIR.value, _ONLY.value)
+  print(summary["table"])
+  print()
   print(json.dumps({"runs_finished": summary["runs_finished"], "runs_total": summary["runs_total"],
                     "table": f"{_WORKDIR.value}/results.csv", "plot": f"{_WORKDIR.value}/scaling.png"}))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg.synth import nifti_tool
 
 _IMAGE = flags.DEFINE_string("image", None, "CT NIfTI in HU.", required=True)
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

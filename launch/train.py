@@ -23,7 +23,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.init_processes()
   from jaxseg.train.loop import train_and_evaluate, format_summary  # pylint: disable=import-outside-toplevel
-  summary = train_and_evaluate(cli.config_value(_CONFIG), _WORKDIR.value)
+  summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(format_summary(summary))

@@ -9,6 +9,7 @@ import sys
 
 from absl import app, flags
 
+from jaxseg import cli
 from jaxseg.data.validate import validate_dataset
 from jaxseg.io.layouts import LAYOUTS
 from jaxseg.labels import ORGANS
@@ -33,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

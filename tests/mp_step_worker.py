@@ -27,18 +27,15 @@ def main(argv):
   cli.init_processes()
   import jax  # pylint: disable=import-outside-toplevel
   from jaxseg import labels as labels_lib, parallel  # pylint: disable=import-outside-toplevel
-  from jaxseg.models import build_model  # pylint: disable=import-outside-toplevel
-  from jaxseg.train import benchmark, state as state_lib  # pylint: disable=import-outside-toplevel
+  from jaxseg import assembly  # pylint: disable=import-outside-toplevel
+  from jaxseg.train import benchmark  # pylint: disable=import-outside-toplevel
   from jaxseg.train.loop import host_params  # pylint: disable=import-outside-toplevel
-  from jaxseg.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
-  from jaxseg.train.step import make_train_step  # pylint: disable=import-outside-toplevel
 
   config = tiny_config()
   mesh = parallel.make_mesh()
-  model = build_model(config.model, labels_lib.num_classes(tuple(config.data.organs)))
-  optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
-  state = state_lib.init_state(config, model, optimizer, mesh)
-  step = make_train_step(config, model, optimizer, schedule, mesh)
+  run = assembly.assemble(config, mesh)
+  state = run.init_state()
+  step = run.train_step()
   full = benchmark.synthetic_batch(config, config.data.batch_size)
   n = config.data.batch_size // jax.process_count()
   rows = slice(jax.process_index() * n, (jax.process_index() + 1) * n)

@@ -14,7 +14,7 @@ import pytest
 from jaxseg.default_config import get_config
 from jaxseg.infer import predict
 from jaxseg.io import nifti
-from jaxseg.train.preprocessing import normalize_hu
+from jaxseg.intensity import normalize_hu
 
 THRESH = 0.5  # normalised: background -175 HU -> 0, organ 250 HU -> 1, so 0.5 is the HU midpoint
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg import checkpoint, distributed
+from jaxseg import assembly, checkpoint, distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch", "launch_local.py")
@@ -190,8 +190,8 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, data_root, 
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   np.testing.assert_allclose([a[s]["loss"] for s in a], [b[s]["loss"] for s in a], rtol=1e-5)
   assert a[1]["loss"] != a[4]["loss"]
-  _, pa, sa = checkpoint.restore_for_inference(single)
-  _, pb, sb = checkpoint.restore_for_inference(two_process_run["workdir"])  # Onto this 1-device process.
+  _, pa, sa = assembly.restore_for_inference(single)
+  _, pb, sb = assembly.restore_for_inference(two_process_run["workdir"])  # Onto this 1-device process.
   assert sa == sb == 4
   _assert_same_params(pa, pb)
 

@@ -6,6 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxseg.config_checks import resolve_config
+from jaxseg.default_config import get_config as default_config
 from jaxseg.infer.postprocess import postprocess
 
 
@@ -89,6 +91,8 @@ def test_min_tumour_confidence_drops_components_by_their_mean_probability():
 def test_a_config_saved_before_the_confidence_rule_has_it_off():
   lab = _liver()
   lab[8:12, 8:12, 8:12] = 2
-  old = ml_collections.ConfigDict({"largest_organ_component": True, "tumor_in_organ_margin_mm": 5.0,
-                                   "min_tumor_volume_mm3": 0.0})
-  np.testing.assert_array_equal(postprocess(lab, (1, 1, 1), ("liver",), old), lab)
+  saved = default_config().to_dict()
+  del saved["eval"]["min_tumor_confidence"]  # As config.json was written before the rule existed.
+  old = resolve_config(ml_collections.ConfigDict(saved))
+  assert old.eval.min_tumor_confidence == 0.0
+  np.testing.assert_array_equal(postprocess(lab, (1, 1, 1), ("liver",), old.eval), lab)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg import checkpoint
+from jaxseg import assembly
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
@@ -54,8 +54,8 @@ def test_resume_after_kill_is_exact(tmp_path, data_root):
 
   a, b = _steps(straight), _steps(killed)
   assert sorted(a) == list(range(1, 7)) and a == b  # Same data order and losses at every step.
-  _, pa, sa = checkpoint.restore_for_inference(straight)
-  _, pb, sb = checkpoint.restore_for_inference(killed)
+  _, pa, sa = assembly.restore_for_inference(straight)
+  _, pb, sb = assembly.restore_for_inference(killed)
   assert sa == sb == 6
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)

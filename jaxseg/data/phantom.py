@@ -12,7 +12,15 @@ blurred-noise texture, uniform HU drop): shapes are thresholded sums of Gaussian
 metastases with rim enhancement or necrotic core, ill-defined hypodense pancreatic masses, heterogeneous
 enhancing exophytic renal masses, colon and oesophageal wall masses filling the lumen, hypodense uterine
 masses). For each organ, ``tumor_fraction`` of the cases that have it carry lesions; the others are its
-control cases.
+control cases (drawn per organ, independently: a liver control case may carry lesions in other organs).
+
+Liver lesions are calibrated to real liver metastases on portal-venous CT (version 3): size (log-normal
+radius) and contrast relative to the surrounding liver (a share of the liver's HU, darker towards the
+centre; a faint ring outside half of the larger ones; a necrotic core in some), measured with
+``jaxseg.metrics.lesion_figures`` like the real ones, medians inside the real p10-p90
+(``python launch/make_phantoms.py --out=DIR --num_cases=12 --tumor_fraction=1 --measure`` prints them; the
+tests check them). The other organs' lesions are not calibrated. ``lesion_scale``/``lesion_contrast`` make
+every lesion larger or more conspicuous (an easier task than real data).
 
 All sizes are in mm of a "normalised adult" and scaled per case; coordinates are RAS+ (x to the patient's
 right, y anterior, z superior).
@@ -28,11 +36,12 @@ import uuid
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.data.preprocess import parallel_map
 from jaxseg.io.nifti import save_nifti
 
 LESION_ORGANS = ("liver", "pancreas", "kidney", "colon", "esophagus", "uterus")
 MARKER = "phantoms.json"
-VERSION = 2  # 2: exclusive organ masks (version 1 let masks overlap)
+VERSION = 3  # 3: liver lesions calibrated to real metastases; 2: exclusive organ masks (1 let masks overlap)
 
 
 def _smoothstep(x):
@@ -267,8 +276,13 @@ class _Case:
     if len(seeds) == 0:
       return np.zeros(self.shape, bool)
     centre_vox = seeds[rng.integers(len(seeds))]
-    small = rng.random() < 0.2
-    radius = rng.uniform(2.5, 5.0) if small else rng.uniform(5.0, 14.0)  # mm, world
+    if organ == "liver":
+      # Calibrated to real liver metastases (README, "Phantom lesions"): log-normal radius, median 9 mm
+      # (measured equivalent diameter: median about 19 mm, p10-p90 about 13-34 mm).
+      radius = float(np.clip(8.5 * np.exp(rng.normal(0.0, 0.4)), 5.0, 24.0))
+    else:
+      small = rng.random() < 0.2
+      radius = rng.uniform(2.5, 5.0) if small else rng.uniform(5.0, 14.0)  # mm, world
     if organ in ("esophagus",):
       radius = max(radius, rng.uniform(7, 12))
     radius *= self.lesion_scale
@@ -301,7 +315,10 @@ class _Case:
     seeds_mm = rng.uniform(-radius, radius, (int(rng.integers(6, 14)), 3))
     dmin = np.min([np.sqrt(sum((g - s) ** 2 for g, s in zip(grid, sd))) for sd in seeds_mm], axis=0)
     cells = (dmin / (dmin[mask].mean() + 1e-3) - 1.0).astype(np.float32)
-    base = {"liver": hu["liver"] * rng.uniform(0.62, 0.8), "pancreas": rng.uniform(40, 70),
+    # Liver: hypodense by a share of the liver's HU (calibrated: measured contrast / shell HU median about
+    # 0.25, real 0.26), darker towards the centre; the other organs keep their uncalibrated values.
+    liver_drop = rng.uniform(0.2, 0.42)
+    base = {"liver": hu["liver"] * (1.0 - liver_drop), "pancreas": rng.uniform(40, 70),
             "kidney": rng.uniform(80, 150), "colon": rng.uniform(60, 90), "esophagus": rng.uniform(55, 85),
             "uterus": rng.uniform(40, 75)}[organ]
     ref = {"liver": hu["liver"], "pancreas": hu["pancreas"], "kidney": hu["cortex"], "colon": hu["wall"],
@@ -310,17 +327,24 @@ class _Case:
       base = ref - rng.uniform(15, 30)
     base = ref + self.lesion_contrast * (base - ref)
     value = np.full(field.shape, base, np.float32)
-    value += cells * (rng.uniform(6, 12) if organ != "kidney" else rng.uniform(18, 30))
+    value += cells * (rng.uniform(18, 30) if organ == "kidney" else rng.uniform(8, 16) if organ == "liver" else
+                      rng.uniform(6, 12))
+    rim = None
     if organ == "liver":
-      kind = rng.choice(["plain", "rim", "necrotic"], p=[0.4, 0.35, 0.25])
-      if kind == "rim":
-        value += (rho > 0.7) * np.float32(rng.uniform(20, 45))
-      elif kind == "necrotic":
-        value = np.where(rho < 0.4, np.float32(rng.uniform(10, 35)), value)
+      # Real metastases darken towards the centre over the outer 5-8 mm; some have a necrotic core, and
+      # half of the larger ones a faint ring (5-10 HU above the parenchyma) just outside the boundary.
+      value -= np.float32(self.lesion_contrast * 0.5 * liver_drop * hu["liver"]) * (0.5 - rho).astype(np.float32)
+      if rng.random() < 0.15 and radius > 8.0:
+        value = np.where(rho < 0.3, np.float32(ref - self.lesion_contrast * rng.uniform(0.5, 0.7) * ref), value)
+      if rng.random() < 0.5 and radius > 7.0:
+        rim = np.float32(rng.uniform(5, 10))
     # Blend: sharp edges except pancreas (ill-defined).
     soft = 0.35 if organ == "pancreas" else 0.08
     wgt = _smoothstep((field - thr * (1 - soft)) / (thr * 2 * soft)) * allowed
     region = img[sl]
+    if rim is not None:  # a ring of parenchyma 0.5-3 mm outside the lesion (not part of its mask)
+      dist = ndimage.distance_transform_edt(~mask, sampling=sp)
+      region += rim * ((dist > 0.5) & (dist <= 3.0) & allowed & ~mask).astype(np.float32)
     region[...] = region * (1 - wgt) + value * wgt
     out = np.zeros(self.shape, bool)
     out[sl] = mask
@@ -418,8 +442,6 @@ def make_phantoms(out: str, num_cases: int, seed: int, tumor_fraction: float = 0
     lesion_contrast: multiplies every lesion's HU difference from its organ (1: the values above); rim
       enhancement and necrosis come on top. Both change how hard the task is, not the anatomy.
   """
-  from jaxseg.data.preprocess import parallel_map  # Local: preprocess imports nothing from here.
-
   if num_cases < 1 or not 0.0 <= tumor_fraction <= 1.0:
     raise ValueError(f"make_phantoms: need num_cases >= 1 and 0 <= tumor_fraction <= 1, got {num_cases}, "
                      f"{tumor_fraction}")

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxseg import labels as labels_lib
 from jaxseg.infer.predict import model_predict_fn
+from jaxseg.models import build_model
 from jaxseg.infer.sliding_window import sliding_window_inference, window_starts
 
 
@@ -42,7 +43,6 @@ def benchmark_sliding_window(config: ml_collections.ConfigDict, volume_shape: Se
   if model == "identity":
     fn = jax.tree_util.Partial(lambda x: jnp.repeat(x, k, axis=-1))
   elif model == "config":
-    from jaxseg.models import build_model  # pylint: disable=g-import-not-at-top
     module = build_model(config.model, k)
     params = jax.jit(lambda key: module.init(key, jnp.zeros((1,) + window + (1,)), train=False)["params"])(
         jax.random.key(seed))

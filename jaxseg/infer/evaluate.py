@@ -16,8 +16,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxseg import labels as labels_lib
+import jax
+
+from jaxseg import assembly, labels as labels_lib, parallel
 from jaxseg.data import cache
+from jaxseg.data.prepare import prepare_data
 from jaxseg.infer.predict import predict_volume
 from jaxseg.metrics import evaluation, report
 
@@ -108,12 +111,9 @@ def evaluate_checkpoint(workdir: str, data_spec: str, step: int | str | None = N
   Returns:
     The summary dict (see ``evaluate_cases``).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxseg import checkpoint, parallel  # pylint: disable=g-import-not-at-top
-  from jaxseg.data.prepare import prepare_data  # pylint: disable=g-import-not-at-top
   layout, root = parse_data_spec(data_spec)
   mesh = mesh or parallel.make_mesh(jax.local_devices())
-  config, params, used = checkpoint.restore_for_inference(workdir, step, mesh=mesh)
+  config, params, used = assembly.restore_for_inference(workdir, step, mesh=mesh)
   config = copy.deepcopy(config)
   if eval_config is not None:
     config.eval = eval_config

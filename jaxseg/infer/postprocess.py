@@ -73,7 +73,7 @@ def postprocess(label_map: np.ndarray, spacing: Sequence[float], organs: Sequenc
   voxel = float(np.prod(spacing))
   margin = float(eval_cfg.tumor_in_organ_margin_mm)
   min_vol = float(eval_cfg.min_tumor_volume_mm3)
-  min_conf = float(eval_cfg.get("min_tumor_confidence", 0.0))
+  min_conf = float(eval_cfg.min_tumor_confidence)
   if min_conf > 0:
     if tumor_probs is None:
       raise ValueError("postprocess: eval.min_tumor_confidence > 0 needs the tumour probabilities")

@@ -27,7 +27,8 @@ from jaxseg.data.preprocess import preprocess_image
 from jaxseg.infer import postprocess as post
 from jaxseg.infer.sliding_window import sliding_window_inference
 from jaxseg.io import nifti
-from jaxseg.train.preprocessing import normalize_hu
+from jaxseg.models import build_model
+from jaxseg.intensity import normalize_hu
 
 _SUFFIXES = (".nii.gz", ".nii")
 
@@ -35,7 +36,6 @@ _SUFFIXES = (".nii.gz", ".nii")
 @functools.lru_cache(maxsize=8)
 def _apply_fn(model_json: str, num_classes: int) -> Callable:
   """One apply function per model config, so every case and every validation reuses one compilation."""
-  from jaxseg.models import build_model  # pylint: disable=g-import-not-at-top
   module = build_model(ml_collections.ConfigDict(json.loads(model_json)), num_classes)
 
   def apply(params, x):

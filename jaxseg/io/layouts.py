@@ -22,14 +22,14 @@ from collections.abc import Mapping
 
 from jaxseg.io.nifti import DataError
 from jaxseg.labels import ORGANS
+from jaxseg.registry import Registry, closest
 
 TUMOR = "tumor"
 CONTROL = "control"
 UNKNOWN = "unknown"
 
-LAYOUTS = ("atlas", "atlas2", "msd", "nnunet", "manifest")
 
-# The combined class map of the AbdomenAtlas 2.0 release (DATASETS.md).
+# The combined class map of the AbdomenAtlas 2.0 release (docs/DATA_LAYOUTS.md).
 ATLAS2_CLASS_MAP: dict[str, int] = {
     "aorta": 1, "gall_bladder": 2, "kidney_left": 3, "kidney_right": 4, "liver": 5, "pancreas": 6,
     "postcava": 7, "spleen": 8, "stomach": 9, "adrenal_gland_left": 10, "adrenal_gland_right": 11,
@@ -311,8 +311,15 @@ def read_manifest(src: str) -> list[CaseRecord]:
   return out
 
 
-_READERS = {"atlas": read_atlas, "atlas2": read_atlas2, "msd": read_msd, "nnunet": read_nnunet,
-            "manifest": read_manifest}
+# The layouts: a new one is a reader function above plus one line here. ``data.layout = "phantom"`` is not a
+# reader: the phantoms are written in the atlas layout and read by read_atlas (jaxseg/data/prepare.py).
+READERS: Registry = Registry("data.layout")
+READERS.register("atlas", read_atlas)
+READERS.register("atlas2", read_atlas2)
+READERS.register("msd", read_msd)
+READERS.register("nnunet", read_nnunet)
+READERS.register("manifest", read_manifest)
+LAYOUTS = READERS.names()
 
 
 def read_layout(layout: str, src: str) -> list[CaseRecord]:
@@ -326,8 +333,8 @@ def read_layout(layout: str, src: str) -> list[CaseRecord]:
     The records in a stable order (sorted by folder/file, or manifest order). Duplicate ids are kept, so
     the validator can report them.
   """
-  if layout not in _READERS:
-    raise DataError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+  if layout not in READERS:
+    raise DataError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}{closest(layout, LAYOUTS)}")
   if not os.path.exists(src):
     raise DataError(f"{src}: data set not found")
-  return _READERS[layout](src)
+  return READERS.get(layout)(src)

@@ -1,1 +1,1 @@
-"""Segmentation and detection metrics of the field, their summaries and reports (see EVALUATION.md)."""
+"""Segmentation and detection metrics of the field, their summaries and reports (see docs/EVALUATION.md)."""

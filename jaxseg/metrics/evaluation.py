@@ -3,7 +3,7 @@
 Both entry points (a folder of NIfTI predictions, a checkpoint on cached cases) produce the same rows
 and the same summary through these functions.
 
-Conventions (EVALUATION.md):
+Conventions (docs/EVALUATION.md):
   * one row per case and label; organ and tumour labels both get DSC, NSD and HD95;
   * a case whose ground truth has no voxel of a tumour label is a control case for it: its DSC, NSD and
     HD95 are NaN (not averaged) and it counts in specificity instead;

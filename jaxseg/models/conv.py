@@ -2,7 +2,7 @@
 
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed; writing a 3D convolution as a sum
 of 2D convolutions over the kernel's first axis ("depth folding") ran about twice as fast on a 2-core CPU
-(DESIGN.md). Accelerators run the native form best. Both forms use the same ``kernel`` parameter of shape
+(docs/DESIGN.md). Accelerators run the native form best. Both forms use the same ``kernel`` parameter of shape
 ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs
 with the other.
 """

@@ -39,16 +39,16 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
   return out, tumor
 
 
-def apply_synthesis(images: jax.Array, labels: jax.Array, synth_organ: jax.Array, spacing: jax.Array,
-                    keys: jax.Array, organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict
+def apply_synthesis(images: jax.Array, labels: jax.Array, batch: dict, keys: jax.Array,
+                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict
                     ) -> tuple[jax.Array, jax.Array]:
   """Synthetic tumours on the control samples of a batch, with probability ``synth_cfg.prob`` each.
 
   Args:
     images: float32 [B, X, Y, Z] HU.
     labels: int32 [B, X, Y, Z] in the label space of ``organs``.
-    synth_organ: int32 [B]: index into ``organs`` of the organ to grow a tumour in, -1 to leave the sample.
-    spacing: float32 [B, 3] mm.
+    batch: the loader's batch; reads ``synth_organ`` (int32 [B]: index into ``organs`` of the organ to grow
+      a tumour in, -1 to leave the sample) and ``spacing`` (float32 [B, 3] mm).
     keys: typed key array [B].
     organs: static tuple of organ names (config.data.organs).
     synth_cfg: config.synth (enabled, prob, contrast, profiles).
@@ -59,11 +59,8 @@ def apply_synthesis(images: jax.Array, labels: jax.Array, synth_organ: jax.Array
   organs = labels_lib.check_organs(organs)
   if not synth_cfg.enabled:
     return images, labels
-  contrast = str(synth_cfg.get("contrast", "absolute"))
-  profiles = synth_cfg.get("profiles", None)
-  if profiles is None:
-    from jaxseg.synth.profiles import default_profiles_config
-    profiles = default_profiles_config()
+  contrast = str(synth_cfg.contrast)
+  profiles = synth_cfg.profiles
   specs = []
   for o in organs:
     if o not in profiles:
@@ -88,4 +85,4 @@ def apply_synthesis(images: jax.Array, labels: jax.Array, synth_organ: jax.Array
     out, lab = jax.lax.switch(idx, [branch(i) for i in range(len(organs))], (image, label))
     return jnp.where(fire, out, image), jnp.where(fire, lab, label)
 
-  return jax.vmap(one)(images, labels, synth_organ, spacing, keys)
+  return jax.vmap(one)(images, labels, batch["synth_organ"], batch["spacing"], keys)

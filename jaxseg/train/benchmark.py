@@ -14,11 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxseg import labels as labels_lib, parallel
-from jaxseg.models import build_model
+from jaxseg import assembly, labels as labels_lib, parallel
+from jaxseg.config_checks import resolve_config
 from jaxseg.train import state as state_lib
-from jaxseg.train.optim import make_optimizer
-from jaxseg.train.step import make_train_step
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
@@ -62,12 +60,12 @@ def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup
     dict: device, num_devices, batch, patch, compile_s, step_s (median), patches_per_s, peak_memory_bytes
     (device peak where the backend reports it, else the host process's peak RSS), num_params.
   """
+  config = resolve_config(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.data.batch_size, mesh)
-  model = build_model(config.model, labels_lib.num_classes(tuple(config.data.organs)))
-  optimizer, schedule = make_optimizer(config.optim, max(config.train.num_steps, 1))
-  state = state_lib.init_state(config, model, optimizer, mesh)
-  step = make_train_step(config, model, optimizer, schedule, mesh)
+  run = assembly.assemble(config, mesh)
+  state = run.init_state()
+  step = run.train_step()
   batch = parallel.global_batch(synthetic_batch(config, config.data.batch_size), mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()

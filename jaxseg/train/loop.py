@@ -18,13 +18,13 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxseg import checkpoint as ckpt_lib, labels as labels_lib, parallel, workdir as workdir_lib
-from jaxseg.config_checks import ConfigError, check_config
-from jaxseg.models import build_model
+from jaxseg import assembly, checkpoint as ckpt_lib, parallel, workdir as workdir_lib
+from jaxseg.config_checks import check_config, resolve_config
+from jaxseg.data import cache, prepare as prepare_lib, split
+from jaxseg.data.pipeline import make_train_loader
+from jaxseg.infer.evaluate import evaluate_cases
 from jaxseg.train import state as state_lib
-from jaxseg.train.optim import make_optimizer
 from jaxseg.train.progress import MetricsLog, Progress
-from jaxseg.train.step import make_train_step
 
 # Fault injection for tests of resume and multi-process failure: the process SIGKILLs itself at the start
 # of this step (a real kill: no Python cleanup runs). JAXSEG_KILL_PROCESS limits it to one process index.
@@ -58,7 +58,6 @@ def _sync(name: str, timeout_s: float = 24 * 3600.0) -> None:
 
 def prepare(config: ml_collections.ConfigDict):
   """Data preparation on the first process (others wait), then the split: (cache_dir, train_ids, val_ids)."""
-  from jaxseg.data import cache, prepare as prepare_lib, split  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     cache_dir = prepare_lib.prepare_data(config.data)
   _sync("jaxseg_prepare_data")
@@ -72,7 +71,6 @@ def prepare(config: ml_collections.ConfigDict):
 
 def validate(config, state, cache_dir: str, val_ids: list[str], workdir: str, step: int) -> dict:
   """Evaluates ``state`` on the held-out cases (first process; the rest wait) and returns the summary."""
-  from jaxseg.infer.evaluate import evaluate_cases  # pylint: disable=import-outside-toplevel
   summary = {}
   if jax.process_index() == 0 and val_ids:
     out_dir = os.path.join(workdir, "eval", f"step_{step}")
@@ -103,6 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config, or its disk is full (DiskError).
   """
   workdir_lib.check_workdir_path(workdir)
+  config = resolve_config(config)
   workdir_lib.check_run_config(config)
   mesh = parallel.make_mesh()
   check_config(config, mesh.devices.size)
@@ -126,22 +125,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
   changes = workdir_lib.check_resume_config(workdir, config, bool(workdir_lib.checkpoint_steps(workdir)))
   cache_dir, train_ids, val_ids = prepare(config)
 
-  from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
   # Control cases are drawn the same way whether synthesis is on or off: with it off they are negatives,
   # so the real-only and real+synth arms of a study see the same cases in the same order.
   loader = make_train_loader(config.data, cache_dir, train_ids, seed=config.seed,
                              process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(loader)
 
-  organs = tuple(config.data.organs)
-  model = build_model(config.model, labels_lib.num_classes(organs))
-  optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+  run = assembly.assemble(config, mesh)
   ckpt = ckpt_lib.RunCheckpointer(workdir, config.train.keep_checkpoints, config.train.best_metric)
   # The newest checkpoint whose every part is intact (a damaged one is named and set aside).
-  abstract = state_lib.abstract_state(config, model, optimizer, mesh)
-  state, start, _ = ckpt.restore_latest_intact(abstract, data_iter, int(config.data.num_workers))
+  state, start, _ = ckpt.restore_latest_intact(run.abstract_state(), data_iter, int(config.data.num_workers))
   if start is None:
-    state, start = state_lib.init_state(config, model, optimizer, mesh), 0
+    state, start = run.init_state(), 0
     logging.info("fresh start: %d parameters", state_lib.count_params(state["params"]))
   else:
     logging.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), start)
@@ -149,7 +144,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
     workdir_lib.record_config(workdir, config, changes, start)
     workdir_lib.record_versions(workdir)
 
-  train_step = make_train_step(config, model, optimizer, schedule, mesh)
+  train_step = run.train_step()
   log = MetricsLog(workdir, enabled=is_main)
   log.truncate_after(start)  # Steps after the checkpoint are trained (and logged) again.
   progress = Progress(start, config.train.num_steps, enabled=is_main)

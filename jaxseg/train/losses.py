@@ -1,7 +1,7 @@
 """Soft Dice + cross-entropy, the nnU-Net loss, with deep-supervision weighting.
 
 Cross-entropy is written against one-hot targets: optax's integer-label form made XLA constant-fold a
-scatter and added seconds of compile time at 96^3 on CPU (DESIGN.md).
+scatter and added seconds of compile time at 96^3 on CPU (docs/DESIGN.md).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from jaxseg import augment, labels as labels_lib, parallel, synth
+from jaxseg import augment, labels as labels_lib, parallel
 from jaxseg.train import losses
-from jaxseg.train.preprocessing import normalize_hu
+from jaxseg.intensity import normalize_hu
 
 
 def sample_keys(rng: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
@@ -27,25 +27,23 @@ def sample_keys(rng: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
   return jax.vmap(lambda k: jax.random.split(k, 2))(per_sample)
 
 
-def prepare_inputs(config: ml_collections.ConfigDict, batch: dict, keys: jax.Array):
+def prepare_inputs(config: ml_collections.ConfigDict, batch: dict, keys: jax.Array, synthesizer,
+                   synth_params):
   """Raw batch -> (model input [B, X, Y, Z, 1] float, labels [B, X, Y, Z] int32), on the device.
 
   Synthetic tumours go in first, in HU (their contrast is defined in HU), then the window, then the
-  augmentation of image and label together.
+  augmentation of image and label together. ``synthesizer`` is the run's synthesis stage (synth/stage.py).
   """
-  organs = tuple(config.data.organs)
   images = batch["image"].astype(jnp.float32)
   labels = batch["label"].astype(jnp.int32)
-  if config.synth.enabled:
-    images, labels = synth.apply_synthesis(images, labels, batch["synth_organ"], batch["spacing"],
-                                           keys[:, 0], organs, config.synth)
+  images, labels = synthesizer.apply(synth_params, images, labels, batch, keys[:, 0])
   x = normalize_hu(images, config.data.hu_window)
   x, labels = augment.augment_batch(x, labels, keys[:, 1], config.augment)
   return x[..., None], labels
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh: Mesh) -> Callable:
+                    schedule: optax.Schedule, mesh: Mesh, synthesizer) -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)``, jitted over ``mesh`` with the state donated.
 
   ``batch`` holds global arrays split over the "data" axis (see parallel.global_batch); metrics are
@@ -56,7 +54,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer: optax.G
 
   def step_fn(state, batch):
     keys = sample_keys(state["rng"], state["step"], batch["image"].shape[0])
-    x, labels = prepare_inputs(config, batch, keys)
+    x, labels = prepare_inputs(config, batch, keys, synthesizer, state["synth_params"])
 
     def loss_fn(params):
       outputs = model.apply({"params": params}, x.astype(compute_dtype), train=True)
@@ -66,9 +64,10 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer: optax.G
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "learning_rate": jnp.asarray(schedule(state["step"]), jnp.float32)}
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    new_state = {"params": params, "opt_state": opt_state, "synth_params": state["synth_params"],
+                 "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, metrics
 
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)

@@ -1,0 +1,145 @@
+"""The same work in jaxseg and in the field's PyTorch tools, timed in one process run (`launch/bench_peers.py`).
+
+Both sides run nnU-Net's residual-encoder U-Net of one configuration (ResEnc M by default: 32-64-128-256-320,
+blocks 1-3-4-6-6, one decoder conv per stage, conv bias, instance norm, deep supervision): a train step
+(forward, Dice + cross-entropy over the deep-supervision levels, backward, SGD update; no synthesis and no
+augmentation on either side), and a sliding window over one volume (Gaussian blending, no mirroring). The
+PyTorch side is dynamic_network_architectures' ResidualEncoderUNet (the network nnU-Net trains) and MONAI's
+sliding_window_inference, from the optional ``bench`` extra (``pip install -e ".[bench]"``). Each figure is
+the median of ``repeats`` timed runs after a warm-up; ratios are PyTorch time / jaxseg time (above 1: jaxseg
+faster). The machine is the same for both, so the ratio is what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxseg import parallel
+from jaxseg.config_checks import resolve_config
+from jaxseg.infer.bench import benchmark_sliding_window
+from jaxseg.train.benchmark import measure_train_step
+
+# The synthetic-tumour generator's published per-call times (SyntheticTumors, prebuilt texture bank, a
+# 96^3 liver patch at 1 mm, median of 5) measured on this project's 2-core machine class; it cannot be
+# vendored, so its figures are quoted beside ours.
+PUBLISHED_SYNTH_MS = {"tiny": 16.0, "small": 23.0, "medium": 29.0, "large": 130.0, "mix": 165.0}
+
+
+def _median_time(fn: Callable[[], None], repeats: int) -> float:
+  fn()  # Warm-up (allocations, oneDNN primitive caches, XLA compile).
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def _torch_resenc(features: Sequence[int], blocks: Sequence[int], num_classes: int, deep_supervision: bool):
+  import torch  # pylint: disable=import-outside-toplevel  # Optional: the bench extra.
+  from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet  # pylint: disable=import-outside-toplevel
+  n = len(features)
+  return ResidualEncoderUNet(
+      input_channels=1, n_stages=n, features_per_stage=list(features), conv_op=torch.nn.Conv3d,
+      kernel_sizes=[[3, 3, 3]] * n, strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+      n_blocks_per_stage=list(blocks), num_classes=num_classes, n_conv_per_stage_decoder=[1] * (n - 1),
+      conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+      nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
+
+
+def torch_train_step_s(features, blocks, num_classes: int, batch: int, patch: Sequence[int],
+                       repeats: int) -> dict:
+  """PyTorch: one nnU-Net-style step (DS-weighted Dice + CE, SGD Nesterov 0.99) on a random batch."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  net = _torch_resenc(features, blocks, num_classes, deep_supervision=True)
+  opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+  x = torch.randn(batch, 1, *patch)
+  levels = len(features) - 1
+  targets = [torch.randint(0, num_classes, (batch, *[s // 2 ** i for s in patch])) for i in range(levels)]
+  weights = np.array([1 / 2 ** i for i in range(levels)])
+  weights = weights / weights.sum()
+
+  def loss_of(logits, target):
+    onehot = torch.nn.functional.one_hot(target, num_classes).permute(0, 4, 1, 2, 3).float()
+    probs = torch.softmax(logits, 1)
+    dims = (2, 3, 4)
+    dice = (2 * (probs * onehot).sum(dims) + 1e-5) / (probs.sum(dims) + onehot.sum(dims) + 1e-5)
+    return torch.nn.functional.cross_entropy(logits, target) + (1 - dice[:, 1:].mean())
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    outs = net(x)
+    loss = sum(w * loss_of(o, t) for w, o, t in zip(weights, outs, targets))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+    opt.step()
+
+  net.train()
+  seconds = _median_time(step, repeats)
+  return {"step_s": round(seconds, 3), "num_params": int(sum(p.numel() for p in net.parameters())),
+          "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def torch_sliding_window_s(features, blocks, num_classes: int, volume: Sequence[int], window: Sequence[int],
+                           overlap: float, window_batch: int, repeats: int) -> dict:
+  """MONAI sliding_window_inference with the same network, Gaussian blending, no mirroring."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from monai.inferers import sliding_window_inference  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  net = _torch_resenc(features, blocks, num_classes, deep_supervision=False).eval()
+  x = torch.rand(1, 1, *volume)
+
+  def run():
+    with torch.inference_mode():
+      sliding_window_inference(x, tuple(window), window_batch, net, overlap=overlap, mode="gaussian",
+                               sigma_scale=0.125)
+
+  seconds = _median_time(run, repeats)
+  return {"seconds": round(seconds, 3), "voxels_per_s": float(np.prod(volume) / seconds)}
+
+
+def peer_config(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int]) -> ml_collections.ConfigDict:
+  """``config`` set to the compared work: no synthesis, no augmentation, SGD as nnU-Net."""
+  c = resolve_config(copy.deepcopy(config))
+  c.data.batch_size, c.data.patch_size = int(batch), tuple(int(s) for s in patch)
+  c.synth.enabled = False
+  c.augment.mirror = c.augment.rot90 = c.augment.spatial = False
+  c.augment.intensity_scale, c.augment.intensity_shift = (1.0, 1.0), (0.0, 0.0)
+  c.augment.noise_prob = c.augment.blur_prob = 0.0
+  c.optim.name = "sgd"
+  return c
+
+
+def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int], volume: Sequence[int],
+            window_batch: int, repeats: int, synth_ms: dict | None = None) -> list[dict]:
+  """Rows of the comparison table: work, the field's figure, jaxseg's, and the ratio (field / jaxseg)."""
+  c = peer_config(config, batch, patch)
+  k = 1 + 2 * len(c.data.organs)
+  f, b = tuple(c.model.features), tuple(c.model.blocks_per_stage)
+  rows = []
+  theirs = torch_train_step_s(f, b, k, batch, patch, repeats)
+  ours = measure_train_step(c, steps=repeats)
+  rows.append({"work": f"train step, ResEnc {'-'.join(map(str, f))}, batch {batch}, {'x'.join(map(str, patch))}, "
+                       f"{k} classes", "field": f"PyTorch {theirs['torch']} (dynamic_network_architectures)",
+               "field_s": theirs["step_s"], "jaxseg_s": ours["step_s"],
+               "field_params": theirs["num_params"], "jaxseg_params": ours["num_params"],
+               "ratio": round(theirs["step_s"] / ours["step_s"], 3), "conv": c.model.conv})
+  c.eval.window_batch, c.eval.tta_mirror, c.eval.overlap = int(window_batch), False, 0.5
+  theirs = torch_sliding_window_s(f, b, k, volume, patch, 0.5, window_batch, repeats)
+  ours = benchmark_sliding_window(c, volume, repeats=repeats, mesh=parallel.make_mesh(jax.local_devices()))
+  rows.append({"work": f"sliding window, {'x'.join(map(str, volume))}, windows {'x'.join(map(str, patch))}, "
+                       f"overlap 0.5, batch {window_batch}", "field": "MONAI sliding_window_inference",
+               "field_s": theirs["seconds"], "jaxseg_s": ours["seconds"],
+               "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": c.model.conv})
+  for size, ms in (synth_ms or {}).items():
+    rows.append({"work": f"synthetic liver tumours, {size}, 96^3 at 1 mm, per patch",
+                 "field": "published generator (quoted)", "field_s": PUBLISHED_SYNTH_MS[size] / 1e3,
+                 "jaxseg_s": ms / 1e3, "ratio": round(PUBLISHED_SYNTH_MS[size] / ms, 2)})
+  return rows

@@ -1,0 +1,1 @@
+"""Training: the train state, losses, optimizers and schedules, the jitted step, the loop, benchmarks."""

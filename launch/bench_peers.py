@@ -1,0 +1,55 @@
+"""jaxseg against the field's PyTorch tools, the same work timed in one process run; prints a table and JSON.
+
+  pip install -e ".[bench]"     # CPU PyTorch, MONAI, dynamic-network-architectures
+  python launch/bench_peers.py --config=configs/default.py --config.model.conv=depth_folded
+
+Rows: nnU-Net's ResEnc train step (dynamic_network_architectures, the network nnU-Net trains) and MONAI's
+sliding window with the same network, against jaxseg's train step and sliding window; and jaxseg's
+synthesizer per 96^3 liver patch against the published generator's per-call times on this machine class
+(quoted: it cannot be vendored). Ratio = the field's time / jaxseg's time (above 1: jaxseg is faster).
+Repeat the command and report the spread: a shared machine is noisy, a ratio from one run is not.
+"""
+
+import json
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxseg import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: the model (ResEnc stages) and conv.")
+_BATCH = flags.DEFINE_integer("batch", 2, "Train-step batch.")
+_PATCH = flags.DEFINE_list("patch", ["64", "64", "64"], "Train patch and sliding-window size.")
+_VOLUME = flags.DEFINE_list("volume", ["128", "128", "96"], "Sliding-window volume.")
+_WINDOW_BATCH = flags.DEFINE_integer("window_batch", 2, "Windows per batch in the sliding window.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (median).")
+_SYNTH = flags.DEFINE_list("synth_sizes", ["tiny", "small", "medium", "large", "mix"],
+                           "Size classes for the synthesis rows (empty: skip them).")
+flags.mark_flags_as_required(["config"])
+
+
+@cli.user_errors
+def main(argv):
+  del argv
+  cli.init_processes()
+  from jaxseg import peer_bench  # pylint: disable=import-outside-toplevel  # After the process set-up.
+  from jaxseg.synth import bench as synth_bench  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import monai  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import dynamic_network_architectures  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ValueError(f"bench_peers: {e.name} is not installed; run pip install -e \".[bench]\"") from None
+  synth_ms = {s: synth_bench.benchmark("liver", s, 96, 1, 1.0, repeats=5, numpy_repeats=0)["jax_per_patch_ms"]
+              for s in _SYNTH.value if s}
+  rows = peer_bench.compare(_CONFIG.value, _BATCH.value, [int(s) for s in _PATCH.value],
+                            [int(s) for s in _VOLUME.value], _WINDOW_BATCH.value, _REPEATS.value, synth_ms)
+  print("| work | the field | field s | jaxseg s | ratio (field / jaxseg) |")
+  print("| --- | --- | --- | --- | --- |")
+  for r in rows:
+    print(f"| {r['work']} | {r['field']} | {r['field_s']:.4g} | {r['jaxseg_s']:.4g} | {r['ratio']:.2f}x |")
+  print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+  cli.run(main)
