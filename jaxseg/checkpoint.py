@@ -349,13 +349,30 @@ def restore_params(workdir: str, abstract_params, step: int | str | None = None)
     if not steps:
       raise FileNotFoundError(f"{directory}: no complete checkpoint")
     if step is None or step == "best":
-      use = max(steps)
+      candidates = sorted(steps, reverse=True)
     else:
-      use = int(step)
-      if use not in steps:
-        raise FileNotFoundError(f"{directory}: no checkpoint at step {use}; have {sorted(steps)}")
+      candidates = [int(step)]
+      if candidates[0] not in steps:
+        raise FileNotFoundError(f"{directory}: no checkpoint at step {candidates[0]}; have {sorted(steps)}")
     target = {"params": abstract_params}
-    restored = mgr.restore(use, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))
-  return restored["state"]["params"], use
+    # The latest checkpoint, or the newest intact one when it is damaged (named in a WARNING line); an
+    # explicitly asked-for step that is damaged is an error naming its part.
+    for i, use in enumerate(candidates):
+      try:
+        problem = check_step_files(os.path.join(directory, str(use)))
+        if problem is not None:
+          raise DamagedCheckpointError(use, *problem)
+        try:
+          restored = mgr.restore(use, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+              item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True)))
+        except Exception as e:  # pylint: disable=broad-except
+          raise DamagedCheckpointError(use, "state", f"{type(e).__name__}: {_first_line(e)}") from e
+      except DamagedCheckpointError as e:
+        if i + 1 == len(candidates):
+          raise DamagedCheckpointError(use, e.part, e.problem, f"{directory}/{use}/{e.part}: damaged "
+                                       f"({e.problem})" + ("; no older intact checkpoint" if i else "")) from e
+        logging.warning("%s/%d/%s is damaged (%s); using step %d", directory, use, e.part, e.problem,
+                        candidates[i + 1])
+        continue
+      return restored["state"]["params"], use

@@ -193,6 +193,12 @@ def test_damaged_parts_fall_back_to_the_newest_intact_checkpoint(tmp_path, caplo
     path = os.path.join(ckdir, "3", "state", "d", name)
     os.truncate(path, os.path.getsize(path) // 2)
   json.dump({"next_index": "four"}, open(os.path.join(ckdir, "2", "data_iter", "process_0-of-1.json"), "w"))
+  # Inference needs the parameters only: the newest checkpoint whose parameters restore (step 2).
+  params, step = checkpoint.restore_params(wd, abstract["params"])
+  assert step == 2 and float(params["w"][0]) == 2.0
+  with pytest.raises(checkpoint.DamagedCheckpointError, match=r"checkpoints/3/state: damaged"):
+    checkpoint.restore_params(wd, abstract["params"], step=3)
+  caplog.clear()
   state, step, nxt = _restore(wd, abstract)
   assert step == 1 and float(state["params"]["w"][0]) == 1.0 and nxt == 2  # Step 1's data position.
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "is damaged" in r.getMessage()]
