@@ -374,14 +374,8 @@ def known_metrics(organs: tuple[str, ...]) -> set[str]:
   return out
 
 
-def check_run_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError("<field>: <what is wrong>") for the first bad value that training would meet late.
-
-  These are the values first read by validation, best-checkpoint selection or inference, after the whole
-  training: a typo must cost seconds, not a training run. (config_checks.check_config covers the values
-  training reads first.)
-  """
-  e, t = config.eval, config.train
+def check_eval_config(e: ml_collections.ConfigDict) -> None:
+  """Raises ValueError("eval.<field>: ...") for a bad inference or metric setting (also evaluate.py's --config)."""
   if not 0.0 <= float(e.overlap) < 1.0:
     raise ValueError(f"eval.overlap: {e.overlap} must be in [0, 1) (the windows' overlap fraction)")
   if int(e.window_batch) <= 0:
@@ -398,6 +392,17 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.bootstrap: {e.bootstrap} must be >= 0")
   if int(e.max_cases) == 0 or int(e.max_cases) < -1:
     raise ValueError(f"eval.max_cases: {e.max_cases} must be positive, or -1 for all cases")
+
+
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError("<field>: <what is wrong>") for the first bad value that training would meet late.
+
+  These are the values first read by validation, best-checkpoint selection or inference, after the whole
+  training: a typo must cost seconds, not a training run. (config_checks.check_config covers the values
+  training reads first.)
+  """
+  check_eval_config(config.eval)
+  t = config.train
   known = known_metrics(tuple(config.data.organs))
   if t.best_metric not in known:
     raise ValueError(f"train.best_metric: unknown metric {t.best_metric!r}; known: {', '.join(KNOWN_METRICS)}, "

@@ -18,7 +18,7 @@ import tqdm
 
 import jax
 
-from jaxseg import assembly, labels as labels_lib, parallel
+from jaxseg import assembly, labels as labels_lib, parallel, workdir as workdir_lib
 from jaxseg.data import cache
 from jaxseg.data.prepare import prepare_data
 from jaxseg.infer.predict import predict_volume
@@ -112,6 +112,8 @@ def evaluate_checkpoint(workdir: str, data_spec: str, step: int | str | None = N
     The summary dict (see ``evaluate_cases``).
   """
   layout, root = parse_data_spec(data_spec)
+  if eval_config is not None:  # Before the restore: a bad --config.eval value costs seconds, not a data set.
+    workdir_lib.check_eval_config(eval_config)
   mesh = mesh or parallel.make_mesh(jax.local_devices())
   config, params, used = assembly.restore_for_inference(workdir, step, mesh=mesh)
   config = copy.deepcopy(config)
