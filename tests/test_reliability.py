@@ -488,3 +488,22 @@ def test_full_disk_and_kill_during_save_lose_nothing_and_the_same_command_resume
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _losses(wd) == _losses(trained[0])  # The same data order and losses as the uninterrupted run.
   assert "6" in os.listdir(os.path.join(wd, "checkpoints")) and os.listdir(os.path.join(wd, "best")) == ["6"]
+
+
+def test_evaluate_with_cache_dir_writes_nothing_beside_the_data(trained, tmp_path):
+  wd, data_root = trained
+  one_case = tmp_path / "data"  # A data set whose folder must stay untouched (a read-only disk).
+  one_case.mkdir()
+  first = sorted(d for d in os.listdir(data_root) if d.startswith("BDMAP"))[0]
+  os.symlink(os.path.join(data_root, first), one_case / first)
+  evaluate = [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), f"--workdir={wd}",
+              f"--data=atlas:{one_case}", f"--cache_dir={tmp_path / 'cache'}", f"--out={tmp_path / 'report'}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  bad = evaluate + ["--config=" + os.path.join(ROOT, "configs", "phantom.py"), "--config.eval.overlap=1.5"]
+  proc = subprocess.run(bad, capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 1 and _last_line(proc).startswith("error: eval.overlap: 1.5"), proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "cache")  # Refused before any work.
+  proc = subprocess.run(evaluate, capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.path.exists(tmp_path / "cache" / "index.json") and os.path.exists(tmp_path / "report" / "summary.json")
+  assert sorted(os.listdir(tmp_path)) == ["cache", "data", "report"]  # No <data>_cache_* beside the data set.
