@@ -26,6 +26,7 @@ from jaxseg.train import state as state_lib
 from jaxseg.train.optim import make_optimizer
 from jaxseg.train.progress import MetricsLog, Progress
 from jaxseg.train.step import make_train_step
+from jaxseg.train.tb_log import RunLogger  # issue 16: TensorBoard/W&B
 
 # Fault injection for tests of resume and multi-process failure: the process SIGKILLs itself at the start
 # of this step (a real kill: no Python cleanup runs). JAXSEG_KILL_PROCESS limits it to one process index.
@@ -158,6 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = make_train_step(config, model, optimizer, schedule, mesh)
   log = MetricsLog(workdir, enabled=is_main)
   progress = Progress(start, config.train.num_steps, enabled=is_main)
+  tb = RunLogger(workdir, config, start, enabled=is_main)  # issue 16
   t = config.train
   pending = None  # (step, metrics) of the last dispatched step: checked one step late to keep the device busy.
   last = {}
@@ -172,6 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{ckpt.latest_step()} in {workdir}; lower optim.learning_rate or check the data and rerun.")
     if step % t.log_every == 0 or step == t.num_steps:
       log.write({"step": step, **metrics, "steps_per_s": progress.steps_per_s, "data_crc": crc})
+      tb.scalars(step, {**metrics, "steps_per_s": progress.steps_per_s})  # issue 16
       progress.update(step, metrics["loss"], force_log=True)
     else:
       progress.update(step, metrics["loss"])
@@ -182,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       _maybe_kill(step, ckpt)
       local = next(data_iter)
       batch = parallel.global_batch(local, mesh)
+      tb.train_images(step, state, local)  # issue 16: before the step, which donates the state
       state, metrics = train_step(state, batch)
       if pending is not None:
         last = check(pending)
@@ -195,9 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if summary:
           ckpt.save_best(step, state, summary, config)
           log.write({"step": step, **{f"val/{k}": v for k, v in summary.items() if isinstance(v, float)}})
+          tb.validation(step, summary)  # issue 16
     if pending is not None:
       last = check(pending)
   finally:
+    tb.close()  # issue 16
     ckpt.wait()
     ckpt.close()
     close = getattr(data_iter, "close", None) or getattr(loader, "close", None)
