@@ -248,7 +248,7 @@ class RunLogger:
     """Validation metrics as ``val/<metric>`` scalars and the prediction overlays of its previews."""
     if not self.enabled or not summary:
       return
-    self.scalars(step, summary, prefix="val")
+    self.scalars(step, {k: v for k, v in summary.items() if k not in ("checkpoint_step", "step")}, prefix="val")
     path = os.path.join(summary.get("eval_dir", ""), "previews.npz")
     if summary.get("eval_dir") and os.path.exists(path):
       previews = read_previews(path)
