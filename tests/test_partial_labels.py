@@ -167,3 +167,14 @@ def test_loader_delivers_the_mask(dataset):
   real, control = sampling_units(cache.list_cases(dst), ids, ORGANS)
   assert real == [("L_tumor", -1)]
   assert control == [("K_control", 1), ("L_control", 0)]  # L_organ's liver may hold unannotated lesions
+
+
+def test_evaluation_skips_unannotated_labels(dataset):
+  from jaxseg.infer.evaluate import _case_labels
+  from jaxseg.metrics import evaluation
+  _, dst = dataset
+  specs = evaluation.labels_for_organs(ORGANS)
+  names = lambda cid: [l.name for l in _case_labels(specs, ORGANS, cache.load_meta(dst, cid))]
+  assert names("L_control") == ["liver", "liver_tumor"]  # a lesion-free liver: scored as a control
+  assert names("L_organ") == ["liver"]                   # its lesions are unknown: not scored
+  assert names("K_control") == ["kidney", "kidney_tumor"]

@@ -27,10 +27,12 @@ _NUM_PREVIEWS = 4
 
 def _case_labels(all_labels: Sequence[evaluation.LabelSpec], organs: tuple[str, ...], meta: dict
                  ) -> list[evaluation.LabelSpec]:
-  """Labels to score in one case: an organ marked "absent" (not annotated) in the cache is skipped."""
+  """Labels to score in one case: an organ marked "absent" in the cache (not annotated, or annotated with
+  no voxel) is skipped, and so is every label the case does not annotate (partial labels)."""
   status = meta.get("organs", {})
   skip = {o for o in organs if status.get(o) == cache.ABSENT}
-  return [l for l in all_labels if l.name.removesuffix("_tumor") not in skip]
+  kept = [l for l in all_labels if l.name.removesuffix("_tumor") not in skip]
+  return evaluation.annotated_label_specs(kept, cache.annotated_mask(meta, organs))
 
 
 def evaluate_cases(config: ml_collections.ConfigDict, params, cache_dir: str, case_ids: Sequence[str],
