@@ -22,6 +22,7 @@ says so and the run goes on (it is an extra, not a dependency). Only the first p
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
 import struct
@@ -195,10 +196,11 @@ class RunLogger:
         logging.warning("track.wandb is on but the wandb package is not installed (pip install wandb); "
                         "logging to TensorBoard only")
       else:
-        run_id = os.path.basename(os.path.normpath(workdir))
+        # One W&B run per work directory: a resumed run continues it.
+        run_id = hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
         self.wandb = wandb
-        wandb.init(project=track.wandb_project, name=run_id, dir=workdir, resume="allow",
-                   config=config.to_dict())
+        wandb.init(project=track.wandb_project, name=os.path.basename(os.path.normpath(workdir)), id=run_id,
+                   dir=workdir, resume="allow", config=config.to_dict())
 
   def scalars(self, step: int, metrics: dict, prefix: str = "train") -> None:
     """Logs every finite float of ``metrics`` as ``<prefix>/<name>``."""
