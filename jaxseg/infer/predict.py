@@ -119,6 +119,15 @@ def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarr
 RESAMPLE_MODES = ("probabilities", "labels")
 
 
+def check_resample_config(config: ml_collections.ConfigDict) -> str:
+  """Returns ``eval.resample`` (default "probabilities" for configs saved before it existed) or raises
+  ValueError naming the field."""
+  mode = config.eval.get("resample", "probabilities")
+  if mode not in RESAMPLE_MODES:
+    raise ValueError(f"eval.resample: {mode!r} is not one of {', '.join(RESAMPLE_MODES)}")
+  return mode
+
+
 def predict_probabilities(config: ml_collections.ConfigDict, params, image_hu: np.ndarray, mesh=None,
                           predict_fn: Callable | None = None, progress: bool = False) -> np.ndarray:
   """Softmax class probabilities float32 [X, Y, Z, K] of one canonical CT (no post-processing)."""
@@ -219,9 +228,7 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
   Returns:
     The written prediction paths, in input order.
   """
-  mode = config.eval.get("resample", "probabilities")
-  if mode not in RESAMPLE_MODES:
-    raise ValueError(f"eval.resample: {mode!r} is not one of {', '.join(RESAMPLE_MODES)}")
+  mode = check_resample_config(config)
   files = list_inputs(inputs)
   organs = labels_lib.check_organs(config.data.organs)
   names = labels_lib.class_names(organs)
