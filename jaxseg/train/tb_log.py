@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import io
 import os
 import struct
@@ -234,16 +235,27 @@ class RunLogger:
     from jaxseg.train import step as step_lib  # pylint: disable=import-outside-toplevel
     n = min(self.num_images, int(local_batch["image"].shape[0]))
     global_batch = int(self.config.data.batch_size)
+    # The synthesis-stage form of prepare_inputs (config, batch, keys, synthesizer, synth_params) takes the
+    # run's synthesizer and its frozen parameters from the state; the older form (config, batch, keys) not.
+    staged = "synthesizer" in inspect.signature(step_lib.prepare_inputs).parameters
     if self._preview_fn is None:
       config = self.config
+      synthesizer = None
+      if staged:
+        from jaxseg.synth.stage import build_synthesizer  # pylint: disable=import-outside-toplevel,no-name-in-module
+        synthesizer = build_synthesizer(config)
 
-      def fn(rng, step_count, batch):
+      def fn(rng, step_count, batch, synth_params):
         keys = step_lib.sample_keys(rng, step_count, global_batch)[: batch["image"].shape[0]]
+        if staged:
+          return step_lib.prepare_inputs(config, batch, keys, synthesizer, synth_params)
         return step_lib.prepare_inputs(config, batch, keys)
 
       self._preview_fn = jax.jit(fn)
     small = {k: np.asarray(v)[:n] for k, v in local_batch.items()}
-    x, labels = jax.device_get(self._preview_fn(_local_copy(state["rng"]), _local_copy(state["step"]), small))
+    synth_params = jax.tree.map(_local_copy, state["synth_params"]) if staged else None
+    x, labels = jax.device_get(self._preview_fn(_local_copy(state["rng"]), _local_copy(state["step"]), small,
+                                                synth_params))
     self.image("train/batch", batch_montage(x, labels, small["synth_organ"], self.organs), step)
 
   def validation(self, step: int, summary: dict) -> None:
