@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from jaxseg import labels as label_space
+from jaxseg.data.fingerprint import compute_fingerprint
 
 ANISOTROPY = 3.0
 MIN_FEATURE_MAP = 4
@@ -209,7 +210,6 @@ def write_plan(fp: dict, plan: dict, layout: str, src: str, out: str) -> tuple[s
 def plan_dataset(layout: str, src: str, organs, out: str, gpu_memory_gb: float = 24.0, base_features: int = 32,
                  dtype: str = "float32", workers: int = 2, max_cases: int = 0) -> dict:
   """Fingerprint + plan + files: what launch/plan.py runs. Returns the plan."""
-  from jaxseg.data.fingerprint import compute_fingerprint  # pylint: disable=import-outside-toplevel
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype={dtype!r}: use float32 or bfloat16")
   organs = label_space.check_organs(organs)
