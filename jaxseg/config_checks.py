@@ -14,11 +14,13 @@ import ml_collections
 
 from jaxseg import labels as labels_lib
 from jaxseg.default_config import get_config as default_config
+from jaxseg.infer.predict import check_resample_config
 from jaxseg.io.layouts import LAYOUTS
 from jaxseg.models import check_model_config, downsampling_factor
 from jaxseg.registry import closest
 from jaxseg.synth.stage import check_synthesizer_config
 from jaxseg.train.optim import check_optim_config
+from jaxseg.train.tb_log import check_track_config
 
 # Top-level blocks a config may add beyond the defaults (a study's own settings).
 EXTRA_BLOCKS = ("scaling",)
@@ -100,10 +102,9 @@ def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if d.batch_size <= 0 or d.batch_size % num_devices:
     raise ConfigError(f"data.batch_size: {d.batch_size} does not divide by the {num_devices} devices; use a "
                       f"multiple of {num_devices}")
-  layouts = LAYOUTS + ("phantom",)
-  if d.layout not in layouts:
-    raise ConfigError(f"data.layout: unknown layout {d.layout!r}; known: {', '.join(layouts)}"
-                      f"{closest(d.layout, layouts)}")
+  if d.layout not in LAYOUTS:
+    raise ConfigError(f"data.layout: unknown layout {d.layout!r}; known: {', '.join(LAYOUTS)}"
+                      f"{closest(d.layout, LAYOUTS)}")
   if not d.root and d.layout != "phantom":
     raise ConfigError("data.root: no data set given (set --config.data.root=<dir>)")
   if len(d.spacing) != 3 or min(d.spacing) <= 0:
@@ -123,6 +124,8 @@ def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
       raise ConfigError(f"train.{field}: {t[field]} must be positive")
   if t.eval_every < 0:
     raise ConfigError(f"train.eval_every: {t.eval_every} must be >= 0 (0: at the end only)")
+  check_track_config(config)
+  check_resample_config(config)
   if not 0.0 <= config.eval.min_tumor_confidence < 1.0:
     raise ConfigError(f"eval.min_tumor_confidence: {config.eval.min_tumor_confidence} must be in [0, 1) "
                       "(0: off)")

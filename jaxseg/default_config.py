@@ -121,6 +121,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.nsd_tolerance_mm = 2.0
   c.eval.bootstrap = 1000
   c.eval.max_cases = -1
+
+  # ---- Day-one tooling: experiment tracking, partial labels, prediction resampling. ----
+  # TensorBoard event files in the work directory (jaxseg/train/tb_log.py); W&B only when asked and installed.
+  c.track = ml_collections.ConfigDict()
+  c.track.tensorboard = True
+  c.track.image_every = 500         # montage of a post-synthesis training batch every N steps (0: never)
+  c.track.num_images = 2            # samples in that montage (<= data.batch_size)
+  c.track.wandb = False             # also log to Weights & Biases (needs `pip install wandb`)
+  c.track.wandb_project = "jaxseg"
+  # Cases annotate only some classes (a liver-only set mixed with a kidney-only set): the loss drops a
+  # case's unannotated classes from Dice and merges them into background for CE (jaxseg/train/losses.py).
+  c.loss.partial_labels = True
+  # Back to the original grid: "probabilities" resamples class probabilities (linear) and takes the argmax
+  # there (nnU-Net); "labels" takes the argmax on the training grid and resamples labels (nearest).
+  c.eval.resample = "probabilities"
   return c
 
 

@@ -57,7 +57,9 @@ def test_real_ct_preprocess_and_liver_patches(tmp_path):
   rep = preprocess_dataset("manifest", _manifest(tmp_path, lps=True), dst, (3.0, 3.0, 3.0), ORGANS, workers=1)
   assert rep.processed == ["real"], rep.summary()
   (case,) = cache.list_cases(dst)
-  assert case["organs"] == {"liver": "control", "kidney": "control", "pancreas": "control", "colon": "control"}
+  # The fixture has organ classes and no lesion class: organs annotated, lesions not (no controls).
+  assert case["organs"] == {"liver": "organ_only", "kidney": "organ_only", "pancreas": "organ_only",
+                            "colon": "organ_only"}
   image, label, meta = cache.load_case(dst, "real")
   assert meta["original_orientation"] == ["L", "P", "S"]
   # Canonical RAS at 3 mm equals the original RAS fixture voxel for voxel.

@@ -47,11 +47,12 @@ def test_atlas_and_atlas2(tmp_path):
       _vol(tmp_path / "a2" / "label" / case / "segmentations" / f"{name}.nii.gz", z, dtype=np.uint8)
   recs = layouts.read_layout("atlas", str(tmp_path / "a1"))
   assert [r.case_id for r in recs] == ["BDMAP_1", "BDMAP_2"]
-  assert recs[0].organs == {"liver": "tumor", "kidney": "control"}
-  assert recs[1].organs == {"liver": "control", "kidney": "control"}
+  # No lesion file: the organ is annotated, its lesions are not (never inferred to be absent).
+  assert recs[0].organs == {"liver": "tumor", "kidney": "organ_only"}
+  assert recs[1].organs == {"liver": "organ_only", "kidney": "organ_only"}
   assert set(recs[0].structures()) == {"liver", "liver_tumor", "kidney"}
   recs2 = layouts.read_layout("atlas2", str(tmp_path / "a2"))
-  assert recs2[0].organs == {"liver": "control", "pancreas": "tumor"}
+  assert recs2[0].organs == {"liver": "organ_only", "pancreas": "tumor"}
   assert recs2[0].image.endswith(os.path.join("ct", "BDMAP_1", "ct.nii.gz"))
 
 
@@ -84,7 +85,7 @@ def test_msd_nnunet_manifest(tmp_path):
   (tmp_path / "m.json").write_text(json.dumps({"class_map": {"pancreas": 1}, "cases": [
       {"case_id": "j1", "image": "Task03_Liver/imagesTr/liver_0.nii.gz", "label": "Task03_Liver/labelsTr/liver_0.nii.gz"}]}))
   (r,) = layouts.read_layout("manifest", str(tmp_path / "m.json"))
-  assert r.organs == {"pancreas": "control"}
+  assert r.organs == {"pancreas": "organ_only"}  # no tumour class: lesions not annotated
 
 
 def test_layout_errors_are_one_line(tmp_path):

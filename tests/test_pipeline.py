@@ -34,11 +34,12 @@ def cache_dir(tmp_path_factory):
     img[kidney > 0] = 180
     d = os.path.join(root, f"c{i}")
     masks = {"liver": liver, "kidney_left": kidney}
+    tum = np.zeros_like(liver)  # controls: an empty lesion mask (lesions annotated absent)
     if i < 3:
-      tum = np.zeros_like(liver)
       tum[4 + i:7 + i, 4:7, 4:7] = 1
       img[tum > 0] = 60
-      masks["liver_tumor"] = tum
+    masks["liver_tumor"] = tum
+    masks["kidney_tumor"] = np.zeros_like(liver)  # kidney lesions annotated absent: kidney controls
     save_nifti(img, aff, os.path.join(d, "ct.nii.gz"), np.int16)
     for k, m in masks.items():
       save_nifti(m, aff, os.path.join(d, "segmentations", f"{k}.nii.gz"), np.uint8)

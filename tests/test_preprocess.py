@@ -68,9 +68,10 @@ def _atlas(root, n=3):
     d = os.path.join(root, f"case{i}")
     save_nifti(image, LPS_SLICE_FIRST @ np.diag([1, 1, 1, 1.0]), os.path.join(d, "ct.nii.gz"), np.int16)
     save_nifti(liver, LPS_SLICE_FIRST, os.path.join(d, "segmentations", "liver.nii.gz"), np.uint8)
-    if i == 0:
+    if i <= 1:  # case0: a lesion; case1: lesions annotated and absent (empty file); case2: not annotated
       tumour = np.zeros_like(liver)
-      tumour[8:12, 8:12, 3:5] = 1
+      if i == 0:
+        tumour[8:12, 8:12, 3:5] = 1
       save_nifti(tumour, LPS_SLICE_FIRST, os.path.join(d, "segmentations", "liver_lesion.nii.gz"), np.uint8)
   return root
 
@@ -83,7 +84,8 @@ def test_preprocess_cache_contents_resume_and_atomicity(tmp_path):
   cases = cache.list_cases(dst)
   assert [c["organs"] for c in cases] == [{"liver": "tumor", "kidney": "absent"},
                                           {"liver": "control", "kidney": "absent"},
-                                          {"liver": "control", "kidney": "absent"}]
+                                          {"liver": "organ_only", "kidney": "absent"}]
+  assert [c["annotated_labels"] for c in cases] == [[0, 1, 2], [0, 1, 2], [0, 1]]
   image, label, meta = cache.load_case(dst, "case0")
   assert isinstance(image, np.memmap) and image.dtype == np.int16 and label.dtype == np.uint8
   assert image.shape == label.shape == tuple(cases[0]["shape"]) and meta["spacing"] == list(spacing)

@@ -6,7 +6,8 @@
 <cache>/cases/<case_id>/image.npy  int16 HU [X, Y, Z] (canonical RAS+, target spacing)
 <cache>/cases/<case_id>/label.npy  uint8 [X, Y, Z] in the unified label space of the organs
 <cache>/cases/<case_id>/locs.npy   uint16 [N, 3] voxel locations, grouped by class (meta["locs"] ranges)
-<cache>/cases/<case_id>/meta.json  geometry (see geometry.to_canonical), counts, locs, organ status
+<cache>/cases/<case_id>/meta.json  geometry (see geometry.to_canonical), counts, locs, organ status,
+                                   annotated_labels (the label ids the case annotates; see annotated_mask)
 ```
 A case is written into a temporary folder and renamed into place, so a folder under cases/ is always
 complete: an interrupted run leaves only ``.tmp-*`` folders, which the next run deletes. Nothing here loads
@@ -24,6 +25,9 @@ import numpy as np
 
 VERSION = 1
 ABSENT = "absent"
+TUMOR = "tumor"
+CONTROL = "control"              # organ present, lesions annotated and absent: a synthesis site
+ORGAN_ONLY = "organ_only"        # organ present, lesions not annotated: trains the organ, never a control
 
 
 def case_dir(cache_dir: str, case_id: str) -> str:
@@ -107,8 +111,36 @@ def clean_partial(cache_dir: str) -> int:
 
 
 def case_summary(meta: dict) -> dict:
-  """The index entry of a case: case_id, shape, spacing, organs {organ: tumor|control|absent}, counts."""
-  return {k: meta[k] for k in ("case_id", "shape", "spacing", "organs", "counts")}
+  """The index entry of a case: case_id, shape, spacing, organs {organ: tumor|control|organ_only|absent},
+  counts, and annotated_labels when the case records them."""
+  out = {k: meta[k] for k in ("case_id", "shape", "spacing", "organs", "counts")}
+  if "annotated_labels" in meta:
+    out["annotated_labels"] = meta["annotated_labels"]
+  return out
+
+
+def annotated_mask(meta: dict, organs: tuple[str, ...]) -> np.ndarray:
+  """uint8 [num_classes]: 1 for each label id the case annotates (background always), 0 otherwise.
+
+  The loss drops a case's unannotated classes (jaxseg/train/losses.py) and evaluation skips them. Caches
+  written before cases recorded ``annotated_labels`` count every class of a present organ as annotated
+  (their old meaning) and an organ marked absent as unannotated.
+  """
+  k = 2 * len(organs) + 1
+  out = np.zeros(k, np.uint8)
+  if "annotated_labels" in meta:
+    ids = [int(i) for i in meta["annotated_labels"]]
+    if any(not 0 <= i < k for i in ids):
+      raise ValueError(f"case {meta.get('case_id')!r}: annotated_labels {ids} outside the {k} classes of "
+                       f"organs {organs}")
+    out[ids] = 1
+  else:
+    status = meta.get("organs", {})
+    for i, organ in enumerate(organs):
+      if status.get(organ, ABSENT) != ABSENT:
+        out[2 * i + 1] = out[2 * i + 2] = 1
+  out[0] = 1
+  return out
 
 
 def write_index(cache_dir: str, case_ids: list[str], skipped: list[tuple[str, str]]) -> None:

@@ -113,7 +113,15 @@ class PatchSampler:
         "label": crop(label, start, size, np.uint8(0)),
         "synth_organ": np.int32(synth_organ),
         "spacing": spacing,
+        "annotated": self._annotated(case_id),  # partial labels: uint8 [num_classes]
     }
+
+  def _annotated(self, case_id: str) -> np.ndarray:
+    """The case's annotated-class mask (cache.annotated_mask), read once per case and process."""
+    memo = self.__dict__.setdefault("_annotated_memo", {})
+    if case_id not in memo:
+      memo[case_id] = cache.annotated_mask(cache.load_meta(self.cache_dir, case_id), self.organs)
+    return memo[case_id]
 
 
 class _BlockShard(grain.MapDataset):
@@ -182,7 +190,7 @@ def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, proc
     raise ValueError(f"{cache_dir}: no tumour or control case for organs {organs} among {len(train_ids)} cases")
   ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
   sampler = PatchSampler(cache_dir, tuple(int(p) for p in data_cfg.patch_size), float(data_cfg.fg_oversample),
-                         organs, float(data_cfg.get("organ_centred", 0.0)))
+                         organs, float(data_cfg.organ_centred))
   ds = ds.random_map(sampler, seed=seed)
   ds = _BlockShard(ds, data_cfg.batch_size // process_count, process_index, process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(2, int(data_cfg.prefetch))))
@@ -210,7 +218,7 @@ def make_train_loader(data_cfg, cache_dir: str, train_ids: list[str], seed: int,
   Returns:
     A Grain DatasetIterator (get_state/set_state; save with grain.checkpoint.CheckpointSave) yielding
     {"image": int16 [B, X, Y, Z], "label": uint8 [B, X, Y, Z], "synth_organ": int32 [B],
-     "spacing": float32 [B, 3]} with B = batch_size / process_count. Close it (``it.close()`` when it has
+     "spacing": float32 [B, 3], "annotated": uint8 [B, num_classes]} with B = batch_size / process_count. Close it (``it.close()`` when it has
     one) before exit when workers are used.
   """
   return iter(make_dataset(data_cfg, cache_dir, train_ids, seed, process_index, process_count))

@@ -105,19 +105,36 @@ def class_locations(label: np.ndarray, case_id: str) -> tuple[np.ndarray, dict[s
   return locs, ranges, {str(int(c)): int(counts[c]) for c in np.nonzero(counts)[0]}
 
 
-def organ_status(counts: dict[str, int], organs: tuple[str, ...], annotated: tuple[str, ...]) -> dict[str, str]:
-  """{organ: "tumor" | "control" | "absent"} from the voxel counts of the canonical label."""
+def organ_status(counts: dict[str, int], organs: tuple[str, ...], annotated) -> dict[str, str]:
+  """{organ: "tumor" | "control" | "organ_only" | "absent"} from the voxel counts of the canonical label.
+
+  ``annotated`` holds the structures the case annotates ("liver", "liver_tumor", ...; see
+  CaseRecord.annotated_structures). A control needs its lesions annotated and absent (an empty tumour
+  mask, a tumour class with no voxel, or a layout that annotates lesions exhaustively): an organ whose
+  lesions nobody annotated may hold tumours, and synthesis there would teach the model to miss them.
+  """
   out = {}
   for organ in organs:
     n_org = counts.get(str(label_space.organ_label(organs, organ)), 0)
     n_tum = counts.get(str(label_space.tumor_label(organs, organ)), 0)
-    if organ in annotated and n_tum > 0:
-      out[organ] = "tumor"
+    if n_tum > 0:
+      out[organ] = cache.TUMOR
     elif organ in annotated and n_org > 0:
-      out[organ] = "control"
+      out[organ] = cache.CONTROL if organ + "_tumor" in annotated else cache.ORGAN_ONLY
     else:
       out[organ] = cache.ABSENT
   return out
+
+
+def annotated_labels(organs: tuple[str, ...], annotated) -> list[int]:
+  """The label ids a case annotates: background, each organ and each tumour whose structure is annotated."""
+  ids = [0]
+  for organ in organs:
+    if organ in annotated:
+      ids.append(label_space.organ_label(organs, organ))
+    if organ + "_tumor" in annotated:
+      ids.append(label_space.tumor_label(organs, organ))
+  return ids
 
 
 def preprocess_case(record: CaseRecord, dst: str, spacing, organs: tuple[str, ...]) -> tuple[str, str | None, list[str]]:
@@ -148,9 +165,10 @@ def _preprocess_case(record: CaseRecord, dst: str, spacing, organs: tuple[str, .
   label, _ = to_canonical(nib.Nifti1Image(case.label, case.image_nifti.affine), tuple(spacing), order=0,
                           data=case.label)
   locs, ranges, counts = class_locations(label, record.case_id)
+  annotated = record.annotated_structures()
   meta.update(case_id=record.case_id, source_image=record.image, shape=list(label.shape),
-              organs=organ_status(counts, organs, case.annotated), counts=counts, locs=ranges,
-              label_organs=list(organs))
+              organs=organ_status(counts, organs, annotated), counts=counts, locs=ranges,
+              label_organs=list(organs), annotated_labels=annotated_labels(organs, annotated))
   workdir_lib.maybe_inject_enospc("case", record.case_id, cache.case_dir(dst, record.case_id))
   cache.write_case(dst, record.case_id, to_hu_int16(image), label, locs, meta)
   return record.case_id, None, case.warnings

@@ -23,14 +23,19 @@ from jaxseg.data import cache
 from jaxseg.data.prepare import prepare_data
 from jaxseg.infer.predict import predict_volume
 from jaxseg.metrics import evaluation, report
+from jaxseg.train import tb_log
+
+_NUM_PREVIEWS = 4
 
 
 def _case_labels(all_labels: Sequence[evaluation.LabelSpec], organs: tuple[str, ...], meta: dict
                  ) -> list[evaluation.LabelSpec]:
-  """Labels to score in one case: an organ marked "absent" (not annotated) in the cache is skipped."""
+  """Labels to score in one case: an organ marked "absent" in the cache (not annotated, or annotated with
+  no voxel) is skipped, and so is every label the case does not annotate (partial labels)."""
   status = meta.get("organs", {})
   skip = {o for o in organs if status.get(o) == cache.ABSENT}
-  return [l for l in all_labels if l.name.removesuffix("_tumor") not in skip]
+  kept = [l for l in all_labels if l.name.removesuffix("_tumor") not in skip]
+  return evaluation.annotated_label_specs(kept, cache.annotated_mask(meta, organs))
 
 
 def evaluate_cases(config: ml_collections.ConfigDict, params, cache_dir: str, case_ids: Sequence[str],
@@ -64,6 +69,7 @@ def evaluate_cases(config: ml_collections.ConfigDict, params, cache_dir: str, ca
   if not ids:
     raise ValueError(f"{cache_dir}: no cases to evaluate")
   rows, tumors = [], []
+  previews = {}  # a slice of the first few cases, for the TensorBoard overlays (jaxseg/train/tb_log.py)
   for case_id in tqdm.tqdm(ids, desc="evaluate", unit="case", disable=not progress):
     image, label, meta = cache.load_case(cache_dir, case_id)
     spacing = meta["spacing"]
@@ -75,10 +81,15 @@ def evaluate_cases(config: ml_collections.ConfigDict, params, cache_dir: str, ca
                                     float(config.eval.min_tumor_volume_mm3), scores)
     rows += r
     tumors += t
+    if len(previews) < _NUM_PREVIEWS:
+      lo, hi = (float(v) for v in config.data.hu_window)
+      image01 = (np.clip(np.asarray(image, np.float32), lo, hi) - lo) / (hi - lo)
+      previews[case_id] = tb_log.preview_slices(image01, np.asarray(label), pred, organs)
   meta = {"checkpoint_step": checkpoint_step, "data": os.path.abspath(cache_dir), "case_ids": ids,
           "grid": "canonical cache grid", "spacing": list(config.data.spacing), "config": config.to_dict()}
   summary = evaluation.summarize(rows, all_labels, int(config.eval.bootstrap), int(config.seed), meta)
   report.write_report(out_dir, rows, tumors, summary, all_labels, plots)
+  tb_log.write_previews(os.path.join(out_dir, "previews.npz"), previews)
   return summary
 
 

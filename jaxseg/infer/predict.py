@@ -116,6 +116,60 @@ def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarr
   return labels, scores
 
 
+RESAMPLE_MODES = ("probabilities", "labels")
+
+
+def check_resample_config(config: ml_collections.ConfigDict) -> str:
+  """Returns ``eval.resample`` (default "probabilities" for configs saved before it existed) or raises
+  ValueError naming the field."""
+  mode = config.eval.resample
+  if mode not in RESAMPLE_MODES:
+    raise ValueError(f"eval.resample: {mode!r} is not one of {', '.join(RESAMPLE_MODES)}")
+  return mode
+
+
+def predict_probabilities(config: ml_collections.ConfigDict, params, image_hu: np.ndarray, mesh=None,
+                          predict_fn: Callable | None = None, progress: bool = False) -> np.ndarray:
+  """Softmax class probabilities float32 [X, Y, Z, K] of one canonical CT (no post-processing)."""
+  organs = labels_lib.check_organs(config.data.organs)
+  k = labels_lib.num_classes(organs)
+  if predict_fn is None:
+    predict_fn = model_predict_fn(config, params)
+  image_hu = np.asarray(image_hu)
+  if image_hu.ndim != 3:
+    raise ValueError(f"predict_probabilities: image must be [X, Y, Z], got shape {image_hu.shape}")
+  volume = normalize_volume(image_hu, config.data.hu_window)[..., None]
+  logits = sliding_window_inference(
+      predict_fn, volume, tuple(config.data.patch_size), float(config.eval.overlap),
+      int(config.eval.window_batch), k, mesh=mesh, tta_mirror=bool(config.eval.tta_mirror),
+      progress=progress)
+  del volume
+  for x in range(logits.shape[0]):  # In place, one x-slab at a time: no second full-size array.
+    s = logits[x] - logits[x].max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    logits[x] = s
+  return logits
+
+
+def labels_from_probabilities(probs: np.ndarray, spacing: Sequence[float], organs: tuple[str, ...],
+                              eval_cfg) -> tuple[np.ndarray, dict[int, float]]:
+  """Argmax, post-processing and tumour scores on whatever grid ``probs`` [X, Y, Z, K] lies on.
+
+  ``spacing`` is that grid's voxel size per array axis (the rules measure mm and mm^3). Returns what
+  ``predict_volume`` returns.
+  """
+  tumor_ids = [labels_lib.tumor_label(organs, o) for o in organs]
+  raw = np.argmax(probs, axis=-1).astype(np.uint8)
+  tprobs = probs[..., tumor_ids].astype(np.float16)
+  labels = post.postprocess(raw, spacing, organs, eval_cfg, tprobs)
+  scores = {}
+  for i, organ in enumerate(organs):
+    region = post.tumor_allowed_region(labels, spacing, organs, organ, eval_cfg)
+    scores[tumor_ids[i]] = float(tprobs[..., i][region].max()) if region.any() else 0.0
+  return labels, scores
+
+
 def list_inputs(inputs: str | Sequence[str]) -> list[str]:
   """NIfTI files named by ``inputs``: a file, a folder (its .nii/.nii.gz files) or a list of files."""
   if isinstance(inputs, str):
@@ -144,14 +198,23 @@ def case_name(path: str) -> str:
 
 def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Sequence[str], output_dir: str,
                   mesh=None, predict_fn: Callable | None = None, progress: bool = True,
-                  failures: list[str] | None = None) -> list[str]:
+                  save_probabilities: bool = False, failures: list[str] | None = None) -> list[str]:
   """Predicts NIfTI CTs and writes their label maps on the original grids.
 
-  Each input is reoriented to RAS+ and resampled to ``config.data.spacing``, segmented with
-  ``predict_volume``, mapped back (nearest neighbour) onto the input's voxel grid and written as
-  ``<output_dir>/<name>.nii.gz`` (uint8, the input's affine; <name> is the file name without suffix, or
-  <parent folder>_<name> when inputs share file names). ``scores.json`` holds every case's tumour
-  scores by tumour name.
+  Each input is reoriented to RAS+ and resampled to ``config.data.spacing`` and segmented there. The way
+  back onto the input's voxel grid follows ``config.eval.resample``:
+
+    * "probabilities" (default, nnU-Net's): the class probabilities are resampled (linear) to the
+      original grid, and the argmax, post-processing and tumour scores happen there, at its spacing. Thin
+      structures and boundaries keep sub-voxel detail that a nearest-neighbour copy of labels loses.
+    * "labels": argmax and post-processing on the training grid, labels copied back (nearest neighbour):
+      cheaper in memory (no K-channel volume at the original size).
+
+  Each label map is written as ``<output_dir>/<name>.nii.gz`` (uint8, the input's affine; <name> is the
+  file name without suffix, or <parent folder>_<name> when inputs share file names). ``scores.json`` holds
+  every case's tumour scores by tumour name. With ``save_probabilities``, ``<name>.npz`` holds
+  "probabilities" float16 [X, Y, Z, K] on the original grid (file axis order, the NIfTI's) and
+  "class_names" [K] (with resample "labels" too: the probabilities are resampled for the file only).
 
   Args:
     config: the run's config.
@@ -160,6 +223,7 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
     output_dir: where predictions go (created).
     mesh, predict_fn: see ``predict_volume``.
     progress: show a progress bar over cases.
+    save_probabilities: also write the probabilities (see above).
     failures: when given, a file that cannot be read or predicted (a DataError, or any error of that case)
       does not stop the others: "<file>: <problem>" is appended here and the next file goes on, so one bad
       scan in a folder of hundreds costs that scan only. scores.json then holds the good ones.
@@ -167,6 +231,7 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
   Returns:
     The written prediction paths, in input order.
   """
+  mode = check_resample_config(config)
   files = list_inputs(inputs)
   organs = labels_lib.check_organs(config.data.organs)
   names = labels_lib.class_names(organs)
@@ -179,8 +244,20 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
   for path, name in tqdm.tqdm(list(zip(files, names_out)), desc="predict", unit="case", disable=not progress):
     try:
       image, meta = preprocess_image(path, tuple(config.data.spacing))
-      labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)
-      back = geometry.from_canonical(labels, meta, order=0)
+      probs_back = None
+      if mode == "probabilities" or save_probabilities:
+        probs = predict_probabilities(config, params, image, mesh=mesh, predict_fn=predict_fn)
+        probs_back = geometry.from_canonical(probs, meta, order=1)
+        del probs
+      if mode == "probabilities":
+        back, scores = labels_from_probabilities(probs_back, meta["original_spacing"], organs, config.eval)
+      else:
+        labels, scores = predict_volume(config, params, image, meta["spacing"], mesh=mesh, predict_fn=predict_fn)
+        back = geometry.from_canonical(labels, meta, order=0)
+      if save_probabilities:
+        np.savez_compressed(os.path.join(output_dir, name + ".npz"), probabilities=probs_back.astype(np.float16),
+                            class_names=np.asarray(names))
+      del probs_back
       out = os.path.join(output_dir, name + ".nii.gz")
       nifti.save_nifti(back.astype(np.uint8), np.asarray(meta["original_affine"]), out, dtype=np.uint8)
     except Exception as e:  # pylint: disable=broad-except

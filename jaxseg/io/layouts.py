@@ -2,9 +2,17 @@
 
 Nothing else in jaxseg knows about layouts. A record names the image, the labels (one label map with its
 class map, or one mask file per structure) and, per organ of ``jaxseg.labels.ORGANS``, what the file names
-say about it: "tumor" (a tumour annotation exists), "control" (organ annotated, no tumour annotation) or
-"unknown" (a label map that can hold a tumour class; only the voxels tell). Preprocessing computes the
-definitive status from the voxels and stores it in the cache index.
+say about it: "tumor" (a tumour mask file exists), "unknown" (a label map whose class map has the tumour
+class; only the voxels tell), "control" (lesions declared absent without a file: the phantom set) or
+"organ_only" (the organ is annotated, its lesions are not: no tumour file, no tumour class).
+Preprocessing computes the definitive status from the voxels and stores it in the cache index.
+
+Which classes a case annotates (``CaseRecord.annotated_structures``) is what partial-label training needs:
+a structure is annotated when its mask file exists (even empty), when the class map names it, or when the
+layout declares it annotated-but-absent (``CaseRecord.empty``). A missing file never means "absent": an
+AbdomenAtlas case without ``liver_tumor.nii.gz`` has unannotated liver lesions, not a lesion-free liver,
+so it cannot be a synthesis control. A phantom set (an AbdomenAtlas 1.x folder with the generator's
+``phantoms.json``) annotates lesions exhaustively: its organs without a tumour file are lesion-free.
 
 Source structure names (liver_lesion, pancreatic_lesion, MSD "cancer", KiTS "cyst", ...) are mapped to
 jaxseg structure names ("liver", "liver_tumor", ...) by ``structure_name``.
@@ -27,7 +35,9 @@ from jaxseg.registry import Registry, closest
 TUMOR = "tumor"
 CONTROL = "control"
 UNKNOWN = "unknown"
+ORGAN_ONLY = "organ_only"
 
+PHANTOM_MARKER = "phantoms.json"  # written by jaxseg.data.phantom.make_phantoms (its MARKER)
 
 # The combined class map of the AbdomenAtlas 2.0 release (docs/DATA_LAYOUTS.md).
 ATLAS2_CLASS_MAP: dict[str, int] = {
@@ -104,7 +114,9 @@ class CaseRecord:
     label_map: path of a label map, or None when the labels are per-structure masks.
     class_map: for a label map, source class name -> id (background excluded).
     masks: for per-structure masks, source structure name -> mask path.
-    organs: per organ of ``ORGANS`` that is annotated: TUMOR, CONTROL or UNKNOWN (see module docstring).
+    organs: per organ of ``ORGANS`` that is annotated: TUMOR, UNKNOWN, CONTROL or ORGAN_ONLY (see module
+      docstring).
+    empty: jaxseg structures ("liver_tumor", ...) annotated as absent without a file.
   """
   case_id: str
   image: str
@@ -112,6 +124,11 @@ class CaseRecord:
   class_map: Mapping[str, int] = dataclasses.field(default_factory=dict)
   masks: Mapping[str, str] = dataclasses.field(default_factory=dict)
   organs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  empty: tuple[str, ...] = ()
+
+  def annotated_structures(self) -> frozenset[str]:
+    """jaxseg structures ("liver", "liver_tumor", ...) this case annotates, present or declared absent."""
+    return frozenset(self.structures()) | frozenset(self.empty)
 
   def structures(self) -> dict[str, tuple[str, ...] | tuple[int, ...]]:
     """jaxseg structure -> source ids (label map) or mask paths (masks) that make it up."""
@@ -137,24 +154,32 @@ class CaseRecord:
     return tuple(o for o in ORGANS if self.organs.get(o) == CONTROL)
 
 
-def _status_from_structures(structs, label_map: bool) -> dict[str, str]:
+def _status_from_structures(structs, label_map: bool, empty=()) -> dict[str, str]:
   status = {}
   for organ in ORGANS:
     has_organ = organ in structs
     has_tumor = organ + "_tumor" in structs
-    if not (has_organ or has_tumor):
-      continue
-    if label_map:
-      status[organ] = UNKNOWN if has_tumor else CONTROL
-    else:
-      status[organ] = TUMOR if has_tumor else CONTROL
+    if has_tumor:
+      status[organ] = UNKNOWN if label_map else TUMOR
+    elif has_organ and organ + "_tumor" in empty:
+      status[organ] = CONTROL
+    elif has_organ:
+      status[organ] = ORGAN_ONLY
   return status
 
 
-def _record(case_id, image, label_map=None, class_map=None, masks=None) -> CaseRecord:
+def _record(case_id, image, label_map=None, class_map=None, masks=None, empty=()) -> CaseRecord:
   rec = CaseRecord(case_id=case_id, image=image, label_map=label_map, class_map=dict(class_map or {}),
-                   masks=dict(masks or {}))
-  return dataclasses.replace(rec, organs=_status_from_structures(rec.structures(), label_map is not None))
+                   masks=dict(masks or {}), empty=tuple(empty))
+  return dataclasses.replace(rec, organs=_status_from_structures(rec.structures(), label_map is not None,
+                                                                 rec.empty))
+
+
+def _lesions_exhaustive(rec: CaseRecord) -> CaseRecord:
+  """The record with every annotated organ's missing tumour declared absent (exhaustive lesion labels)."""
+  structs = rec.structures()
+  empty = tuple(o + "_tumor" for o in ORGANS if o in structs and o + "_tumor" not in structs)
+  return _record(rec.case_id, rec.image, rec.label_map, rec.class_map, rec.masks, empty)
 
 
 def _nii_stem(path: str) -> str:
@@ -181,14 +206,32 @@ def _atlas_case(case_id: str, image: str, label_dir: str) -> CaseRecord:
 
 
 def read_atlas(src: str) -> list[CaseRecord]:
-  """AbdomenAtlas 1.x: <src>/<case>/ct.nii.gz and <src>/<case>/segmentations/<structure>.nii.gz."""
+  """AbdomenAtlas 1.x: <src>/<case>/ct.nii.gz and <src>/<case>/segmentations/<structure>.nii.gz.
+
+  A lesion is annotated only where its mask file exists. A phantom set (this layout plus the generator's
+  phantoms.json) is read as ``read_phantom``.
+  """
+  exhaustive = os.path.exists(os.path.join(src, PHANTOM_MARKER))
   out = []
   for case_dir in sorted(glob.glob(os.path.join(src, "*"))):
     if os.path.isdir(case_dir) and not os.path.basename(case_dir).startswith("."):
       image = os.path.join(case_dir, "ct.nii.gz")
       if os.path.exists(image) or os.path.isdir(os.path.join(case_dir, "segmentations")):
-        out.append(_atlas_case(os.path.basename(case_dir), image, case_dir))
+        rec = _atlas_case(os.path.basename(case_dir), image, case_dir)
+        out.append(_lesions_exhaustive(rec) if exhaustive else rec)
   return out
+
+
+def read_phantom(src: str) -> list[CaseRecord]:
+  """A phantom set (jaxseg.data.phantom): AbdomenAtlas 1.x files whose lesion annotation is exhaustive.
+
+  The generator writes a tumour mask only where it drew lesions, and it draws every lesion it paints, so
+  an organ mask without a tumour mask is a lesion-free organ: a synthesis control.
+  """
+  if not os.path.exists(os.path.join(src, PHANTOM_MARKER)):
+    raise DataError(f"{os.path.join(src, PHANTOM_MARKER)}: missing; not a finished phantom set "
+                    f"(make one with launch/make_phantoms.py)")
+  return read_atlas(src)
 
 
 def read_atlas2(src: str) -> list[CaseRecord]:
@@ -311,14 +354,14 @@ def read_manifest(src: str) -> list[CaseRecord]:
   return out
 
 
-# The layouts: a new one is a reader function above plus one line here. ``data.layout = "phantom"`` is not a
-# reader: the phantoms are written in the atlas layout and read by read_atlas (jaxseg/data/prepare.py).
+# The layouts: a new one is a reader function above plus one line here.
 READERS: Registry = Registry("data.layout")
 READERS.register("atlas", read_atlas)
 READERS.register("atlas2", read_atlas2)
 READERS.register("msd", read_msd)
 READERS.register("nnunet", read_nnunet)
 READERS.register("manifest", read_manifest)
+READERS.register("phantom", read_phantom)
 LAYOUTS = READERS.names()
 
 
@@ -326,7 +369,7 @@ def read_layout(layout: str, src: str) -> list[CaseRecord]:
   """Reads the case records of the data set at ``src`` in ``layout``.
 
   Args:
-    layout: one of ``LAYOUTS`` (atlas, atlas2, msd, nnunet, manifest).
+    layout: one of ``LAYOUTS`` (atlas, atlas2, msd, nnunet, manifest, phantom).
     src: the data set folder (or the manifest file).
 
   Returns:

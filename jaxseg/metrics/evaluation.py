@@ -11,7 +11,10 @@ Conventions (docs/EVALUATION.md):
     diagonal of the image in mm (the worst possible value, instead of an infinity that breaks means);
   * predicted tumour components under ``min_tumor_volume_mm3`` do not count for detection;
   * the per-case tumour score for the AUC is the caller's (e.g. the largest tumour probability); without
-    one it is the predicted tumour volume in mm^3.
+    one it is the predicted tumour volume in mm^3;
+  * a label the case does not annotate (partial labels: a liver-only case's kidney, an AbdomenAtlas case
+    without a lesion file) gets no row: its ground truth is unknown, not empty, so it is neither scored nor
+    counted as a control (``annotated_label_specs``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ class LabelSpec:
   name: str
   id: int
   is_tumor: bool
+
+
+def annotated_label_specs(labels: Sequence[LabelSpec], annotated: Sequence[int] | np.ndarray) -> list[LabelSpec]:
+  """The labels a case annotates: ``annotated`` is its 0/1 mask over label ids (cache.annotated_mask)."""
+  annotated = np.asarray(annotated)
+  return [l for l in labels if 0 <= l.id < annotated.size and annotated[l.id]]
 
 
 def labels_for_organs(organs: Sequence[str]) -> list[LabelSpec]:

@@ -25,6 +25,7 @@ from jaxseg.data.pipeline import make_train_loader
 from jaxseg.infer.evaluate import evaluate_cases
 from jaxseg.train import state as state_lib
 from jaxseg.train.progress import MetricsLog, Progress
+from jaxseg.train.tb_log import RunLogger
 
 # Fault injection for tests of resume and multi-process failure: the process SIGKILLs itself at the start
 # of this step (a real kill: no Python cleanup runs). JAXSEG_KILL_PROCESS limits it to one process index.
@@ -148,6 +149,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
   log = MetricsLog(workdir, enabled=is_main)
   log.truncate_after(start)  # Steps after the checkpoint are trained (and logged) again.
   progress = Progress(start, config.train.num_steps, enabled=is_main)
+  tb = RunLogger(workdir, config, start, enabled=is_main)
   t = config.train
   pending = None  # (step, metrics) of the last dispatched step: checked one step late to keep the device busy.
   last = {}
@@ -162,6 +164,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
           f"{ckpt.latest_step()} in {workdir}; lower optim.learning_rate or check the data and rerun.")
     if step % t.log_every == 0 or step == t.num_steps:
       log.write({"step": step, **metrics, "steps_per_s": progress.steps_per_s, "data_crc": crc})
+      tb.scalars(step, {**metrics, "steps_per_s": progress.steps_per_s})
       progress.update(step, metrics["loss"], force_log=True)
     else:
       progress.update(step, metrics["loss"])
@@ -172,6 +175,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
       _maybe_kill(step, ckpt)
       local = next(data_iter)
       batch = parallel.global_batch(local, mesh)
+      tb.train_images(step, state, local)  # Before the step, which donates the state.
       state, metrics = train_step(state, batch)
       if pending is not None:
         last = check(pending)
@@ -185,6 +189,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
         if summary:
           ckpt.save_best(step, state, summary, config)
           log.write({"step": step, **{f"val/{k}": v for k, v in summary.items() if isinstance(v, float)}})
+          tb.validation(step, summary)
     if pending is not None:
       last = check(pending)
     if start >= t.num_steps:  # Already trained: report the saved validation (or validate, if it never ran).
@@ -193,6 +198,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
     if val_ids:
       _ensure_best(ckpt, t.num_steps, state, summary, config, workdir)
   finally:
+    tb.close()
     ckpt.wait()
     ckpt.close()
     close = getattr(data_iter, "close", None) or getattr(loader, "close", None)

@@ -55,11 +55,13 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer: optax.G
   def step_fn(state, batch):
     keys = sample_keys(state["rng"], state["step"], batch["image"].shape[0])
     x, labels = prepare_inputs(config, batch, keys, synthesizer, state["synth_params"])
+    annotated = batch.get("annotated") if config.loss.partial_labels else None
 
     def loss_fn(params):
       outputs = model.apply({"params": params}, x.astype(compute_dtype), train=True)
       return losses.segmentation_loss(outputs, labels, num_classes, config.loss.dice_weight,
-                                      config.loss.ce_weight, config.loss.batch_dice)
+                                      config.loss.ce_weight, config.loss.batch_dice,
+                                      annotated=annotated)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
