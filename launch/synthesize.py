@@ -27,6 +27,9 @@ _CONTRAST = flags.DEFINE_enum("contrast", "absolute", ["absolute", "relative"], 
 def main(argv):
   del argv
   try:
+    if not all(x.strip().isdigit() for x in _LABELS.value):
+      raise ValueError(f"--mask_labels: {','.join(_LABELS.value)!r} must be integer label ids (e.g. 5,6)")
+    cli.check_output_dir(_OUT.value, "--out")
     summary = nifti_tool.synthesize_file(_IMAGE.value, _MASK.value, _ORGAN.value, _OUT.value, _SEED.value,
                                          _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value)
   except ValueError as e:
