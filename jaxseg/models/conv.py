@@ -64,7 +64,11 @@ class Conv3D(nn.Module):
     else:
       pads = [((k - 1) // 2, k // 2) if s == 1 else _strided_pad(k, s) for k, s in
               zip(self.kernel_size, self.strides)]
-    if self.impl == "native":
+    pointwise = self.kernel_size == (1, 1, 1) and self.groups == 1 and all(p == (0, 0) for p in pads)
+    if pointwise:
+      # A 1x1x1 convolution is a matmul over channels; as a dot it compiles and runs far faster on CPUs.
+      y = _pointwise_conv(x, kernel, self.strides, self.input_dilation)
+    elif self.impl == "native":
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
                                        dimension_numbers=_DIMS, feature_group_count=self.groups)
     elif self.impl == "depth_folded":
@@ -76,6 +80,17 @@ class Conv3D(nn.Module):
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
+
+
+def _pointwise_conv(x, kernel, strides, dilation):
+  """A 1x1x1 convolution (optionally strided or input-dilated) as a channel matmul."""
+  x = x[:, ::strides[0], ::strides[1], ::strides[2]]
+  y = jnp.einsum("bxyzc,cd->bxyzd", x, kernel[0, 0, 0])
+  if dilation > 1:
+    b, nx, ny, nz, c = y.shape
+    y = jnp.zeros((b, *((n - 1) * dilation + 1 for n in (nx, ny, nz)), c), y.dtype).at[
+        :, ::dilation, ::dilation, ::dilation].set(y)
+  return y
 
 
 def _strided_pad(k: int, s: int) -> tuple[int, int]:
