@@ -15,7 +15,6 @@ lacks it (a config file may add it, e.g. ``c.model.init_filters = 8`` for a smal
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
