@@ -52,11 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.phantom.lesion_scale = 1.0     # multiplies lesion radii (task difficulty; anatomy unchanged)
   c.data.phantom.lesion_contrast = 1.0  # multiplies lesions' HU difference from their organ
 
-  # Model: a residual-encoder 3D U-Net (jaxseg/models).
+  # Model: a residual-encoder 3D U-Net (jaxseg/models; the zoo and its parameter counts: docs/MODELS.md).
   c.model = ml_collections.ConfigDict()
-  c.model.name = "resenc_unet"
-  c.model.features = (32, 64, 128, 256, 320)
-  c.model.blocks_per_stage = (1, 3, 4, 6, 6)   # residual blocks per encoder stage (nnU-Net ResEnc M)
+  c.model.name = "resenc_unet"      # resenc_unet | mednext_s|b|m|l | segresnet_ds | swin_unetr (sizes by name)
+  c.model.features = (32, 64, 128, 256, 320)   # resenc_unet only
+  c.model.blocks_per_stage = (1, 3, 4, 6, 6)   # resenc_unet only: residual blocks per stage (nnU-Net ResEnc M)
   c.model.deep_supervision = True
   c.model.dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.conv = "native"           # native | depth_folded (a 3D conv as 2D convs; faster on CPU)

@@ -1,10 +1,22 @@
-"""The residual-encoder 3D U-Net of the nnU-Net family (ResEnc), as a Flax Linen module.
+"""The residual-encoder 3D U-Net of nnU-Net (ResEnc), as a Flax Linen module.
 
-Encoder stages of residual blocks (conv-norm-act-conv-norm + skip, then act), instance normalisation and
-leaky ReLU as nnU-Net uses them; the first block of each stage after the first downsamples by stride 2. The
-decoder upsamples with transposed convolutions, concatenates the skip, and applies one conv-norm-act block
-per stage (the ResEnc presets). With deep supervision the module returns the logits of every decoder level,
-full resolution first, so the loss can weight them; at inference only the full-resolution logits are built.
+It mirrors dynamic_network_architectures' ResidualEncoderUNet as nnU-Net's ResEnc presets build it, so its
+parameter count equals the reference's (ResEnc M, 5 stages 32-320, blocks 1-3-4-6-6, 1 input channel,
+3 classes: 62,810,412):
+
+- stem: one conv (with bias) - instance norm - leaky ReLU at the first stage's width;
+- encoder stages of BasicBlockD residual blocks (ResNet-D): conv-norm-act, conv-norm, plus the skip, then
+  act. The first block of every stage after the first has stride 2 in its first conv; its skip average-pools
+  by 2 (instead of a strided 1x1 conv, which would drop 7 of 8 voxels) and, only where the channel count
+  changes, applies a 1x1 conv (no bias) and a norm;
+- decoder: a transposed conv (kernel 2, stride 2, with bias) per stage, concatenated with the skip, then one
+  conv-norm-act block;
+- a 1x1 segmentation head (with bias) on every decoder level, always built (as nnU-Net does) so that a model
+  trained with deep supervision and one without share a parameter tree.
+
+Convolutions carry a bias as nnU-Net's ResEnc presets configure them (conv_bias=True), although the
+instance norm that follows cancels it. With deep supervision the module returns the logits of every decoder
+level, full resolution first, in training mode; at inference only the full-resolution logits are computed.
 """
 
 from __future__ import annotations
@@ -16,24 +28,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models.conv import Conv3D
+from jaxseg.models.layers import InstanceNorm
 
 
 def _act(x: jax.Array) -> jax.Array:
   return nn.leaky_relu(x, negative_slope=0.01)
 
 
-class _Norm(nn.Module):
-  """Instance normalisation over the spatial axes, statistics in float32 (stable under bf16)."""
-
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    y = nn.InstanceNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32)(x.astype(jnp.float32))
-    return y.astype(self.dtype)
-
-
 class ResidualBlock(nn.Module):
+  """nnU-Net's BasicBlockD: [B, X, Y, Z, C_in] -> [B, X/s, Y/s, Z/s, features]."""
+
   features: int
   stride: int = 1
   conv: str = "native"
@@ -42,15 +46,17 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     s = (self.stride,) * 3
-    y = Conv3D(self.features, strides=s, use_bias=False, impl=self.conv, dtype=self.dtype)(x)
-    y = _act(_Norm(self.dtype)(y))
-    y = Conv3D(self.features, use_bias=False, impl=self.conv, dtype=self.dtype)(y)
-    y = _Norm(self.dtype)(y)
-    if self.stride != 1 or x.shape[-1] != self.features:
-      x = Conv3D(self.features, kernel_size=(1, 1, 1), strides=s, use_bias=False, impl=self.conv,
-                 dtype=self.dtype)(x)
-      x = _Norm(self.dtype)(x)
-    return _act(y + x)
+    y = Conv3D(self.features, strides=s, impl=self.conv, dtype=self.dtype)(x)
+    y = _act(InstanceNorm(dtype=self.dtype)(y))
+    y = Conv3D(self.features, impl=self.conv, dtype=self.dtype)(y)
+    y = InstanceNorm(dtype=self.dtype)(y)
+    skip = x.astype(self.dtype)
+    if self.stride != 1:
+      skip = nn.avg_pool(skip, s, strides=s)
+    if x.shape[-1] != self.features:
+      skip = Conv3D(self.features, kernel_size=(1, 1, 1), use_bias=False, impl="native", dtype=self.dtype)(skip)
+      skip = InstanceNorm(dtype=self.dtype)(skip)
+    return _act(y + skip)
 
 
 class ResEncUNet(nn.Module):
@@ -77,8 +83,8 @@ class ResEncUNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
     """x: [B, X, Y, Z, C] -> logits [B, X, Y, Z, K] (or a list over decoder levels, finest first)."""
     conv = dict(impl=self.conv, dtype=self.dtype)
-    h = Conv3D(self.features[0], use_bias=False, **conv)(x)
-    h = _act(_Norm(self.dtype)(h))
+    h = Conv3D(self.features[0], **conv)(x)
+    h = _act(InstanceNorm(dtype=self.dtype)(h))
     skips = []
     for stage, (feat, blocks) in enumerate(zip(self.features, self.blocks_per_stage)):
       for b in range(blocks):
@@ -86,15 +92,14 @@ class ResEncUNet(nn.Module):
                           dtype=self.dtype)(h)
       skips.append(h)
     outputs = []
+    every_level = (train and self.deep_supervision) or self.is_initializing()
     for stage in range(len(self.features) - 2, -1, -1):
       feat = self.features[stage]
-      h = nn.ConvTranspose(feat, (2, 2, 2), strides=(2, 2, 2), use_bias=False, dtype=self.dtype,
-                           param_dtype=jnp.float32)(h)
+      h = nn.ConvTranspose(feat, (2, 2, 2), strides=(2, 2, 2), dtype=self.dtype, param_dtype=jnp.float32)(h)
       h = jnp.concatenate([h, skips[stage]], axis=-1)
-      h = Conv3D(feat, use_bias=False, **conv)(h)
-      h = _act(_Norm(self.dtype)(h))
-      is_last = stage == 0
-      if is_last or (train and self.deep_supervision):
+      h = Conv3D(feat, **conv)(h)
+      h = _act(InstanceNorm(dtype=self.dtype)(h))
+      if stage == 0 or every_level:
         head = Conv3D(self.num_classes, kernel_size=(1, 1, 1), impl="native", dtype=self.dtype,
                       name=f"head_{stage}")
         outputs.append(head(h).astype(jnp.float32))

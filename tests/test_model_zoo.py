@@ -1,0 +1,230 @@
+"""The model zoo: reference parameter counts, output shapes, a gradient step per model, and the registry.
+
+The counts are the reference implementations' (nnU-Net's dynamic_network_architectures, MONAI), measured
+there with 1 input channel, 3 classes and kernel 3; here they are measured on abstract shapes
+(jax.eval_shape), so no convolution runs. Shapes at full width are abstract too; the gradient steps run at
+tiny widths and depths, where XLA's CPU compile time, not compute, is the cost.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxseg import models
+from jaxseg.models import registry
+from jaxseg.models.conv import Conv3D
+from jaxseg.models.mednext import MedNeXt
+from jaxseg.models.segresnet_ds import SegResNetDS
+from jaxseg.models.swin_unetr import SwinUNETR
+from jaxseg.train import state as state_lib
+from jaxseg.train.losses import segmentation_loss
+
+
+def _cfg(name, ds=False, **fields):
+  c = dict(name=name, features=(32, 64, 128, 256, 320), blocks_per_stage=(1, 3, 4, 6, 6), deep_supervision=ds,
+           dtype="float32", conv="native")
+  c.update(fields)
+  return ml_collections.ConfigDict(c)
+
+
+def _abstract_params(cfg, k=3):
+  model = models.build_model(cfg, k)
+  return model, jax.eval_shape(lambda key: state_lib.init_params(model, cfg, key), jax.random.key(0))
+
+
+@pytest.mark.parametrize("cfg,reference", [
+    (_cfg("resenc_unet"), 62_810_412),
+    (_cfg("resenc_unet", features=(32, 64, 128, 256, 320, 320), blocks_per_stage=(1, 3, 4, 6, 6, 6)), 102_350_575),
+    (_cfg("mednext_s"), 5_550_947),
+    (_cfg("mednext_b"), 10_510_883),
+    (_cfg("mednext_m"), 17_533_539),
+    (_cfg("mednext_l"), 61_726_787),
+    (_cfg("segresnet_ds"), 87_163_331),
+    (_cfg("swin_unetr"), 62_186_757),
+], ids=lambda v: v.name if isinstance(v, ml_collections.ConfigDict) else str(v))
+def test_reference_param_counts(cfg, reference):
+  _, params = _abstract_params(cfg)
+  assert state_lib.count_params(params) == reference
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+def test_resenc_heads_exist_with_and_without_deep_supervision():
+  # nnU-Net always builds every head, so a model trained with deep supervision loads without it.
+  _, with_ds = _abstract_params(_cfg("resenc_unet", ds=True))
+  assert state_lib.count_params(with_ds) == 62_810_412
+
+
+@pytest.mark.parametrize("cfg,extra", [
+    (_cfg("mednext_s", ds=True), (64 + 128 + 256 + 512) * 3 + 4 * 3),  # MONAI's four coarser heads
+    (_cfg("segresnet_ds", ds=True), (64 + 128 + 256) * 3 + 3 * 3),     # dsdepth 4: three more heads
+], ids=["mednext_s", "segresnet_ds"])
+def test_deep_supervision_adds_the_reference_heads(cfg, extra):
+  plain = ml_collections.ConfigDict(dict(cfg.to_dict(), deep_supervision=False))
+  assert (state_lib.count_params(_abstract_params(cfg)[1])
+          == state_lib.count_params(_abstract_params(plain)[1]) + extra)
+
+
+@pytest.mark.parametrize("cfg,levels", [
+    (_cfg("resenc_unet", ds=True, features=(4, 8, 16), blocks_per_stage=(1, 1, 1)), 2),
+    (_cfg("mednext_b", ds=True, init_filters=4), 5),
+    (_cfg("segresnet_ds", ds=True, init_filters=4), 4),
+    (_cfg("swin_unetr", ds=True, feature_size=12), 1),
+], ids=lambda v: v.name if isinstance(v, ml_collections.ConfigDict) else str(v))
+def test_output_shapes(cfg, levels):
+  """Shapes through the registry, abstractly: [B, X, Y, Z, K] float32, deep-supervision levels finest first."""
+  model, params = _abstract_params(cfg, k=4)
+  f = models.downsampling_factor(cfg)
+  x = jax.ShapeDtypeStruct((2, 2 * f, f, 2 * f, 1), jnp.float32)
+  y = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
+  assert y.shape == (2, 2 * f, f, 2 * f, 4) and y.dtype == jnp.float32
+  outs = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=True), params, x)
+  outs = outs if isinstance(outs, list) else [outs]
+  assert [o.shape for o in outs] == [(2, 2 * f // 2 ** i, f // 2 ** i, 2 * f // 2 ** i, 4) for i in range(levels)]
+
+
+def test_downsampling_factors():
+  assert models.downsampling_factor(_cfg("resenc_unet")) == 16
+  assert models.downsampling_factor(_cfg("resenc_unet", features=(4, 8))) == 2
+  for name in ("mednext_s", "mednext_l", "segresnet_ds"):
+    assert models.downsampling_factor(_cfg(name)) == 16
+  assert models.downsampling_factor(_cfg("swin_unetr")) == 32
+
+
+@pytest.mark.parametrize("cfg,field", [
+    (_cfg("vnet"), "model.name"),
+    (_cfg("mednext_s", dtype="float16"), "model.dtype"),
+    (_cfg("segresnet_ds", conv="winograd"), "model.conv"),
+    (_cfg("resenc_unet", blocks_per_stage=(1, 1)), "model.blocks_per_stage"),
+    (_cfg("mednext_m", init_filters=0), "model.init_filters"),
+    (_cfg("swin_unetr", feature_size=16), "model.feature_size"),
+])
+def test_invalid_config_names_the_field(cfg, field):
+  with pytest.raises(ValueError, match=field):
+    models.check_model_config(cfg)
+  with pytest.raises(ValueError, match=field):
+    models.build_model(cfg, 3)
+
+
+def test_models_lists_the_zoo():
+  assert models.MODELS == ("resenc_unet", "mednext_s", "mednext_b", "mednext_m", "mednext_l", "segresnet_ds",
+                           "swin_unetr")
+
+
+def _gradient_step(model, side, ds_levels, without_gradient=()):
+  """One loss-and-gradient evaluation: finite loss, every parameter reached by a finite, non-zero gradient.
+
+  The coarsest deep-supervision head (``head_<levels - 1>``) is an exception: nnU-Net's weights give its
+  level weight 0; so are parameters whose names contain a string of ``without_gradient``.
+  """
+  x = jax.random.normal(jax.random.key(1), (1, side, side, side, 1))
+  labels = jax.random.randint(jax.random.key(2), (1, side, side, side), 0, 3)
+  params = jax.jit(lambda key: model.init(key, x, train=True)["params"])(jax.random.key(0))
+
+  def loss_fn(p):
+    outputs = model.apply({"params": p}, x, train=True)
+    return segmentation_loss(outputs, labels, 3), outputs
+
+  (loss, outputs), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  outputs = outputs if isinstance(outputs, list) else [outputs]
+  assert [o.shape for o in outputs] == [(1,) + (side // 2 ** i,) * 3 + (3,) for i in range(ds_levels)]
+  assert np.isfinite(float(loss))
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    g, name = np.asarray(g), jax.tree_util.keystr(path)
+    assert np.isfinite(g).all(), name
+    if (ds_levels == 1 or f"head_{ds_levels - 1}" not in name) and not any(w in name for w in without_gradient):
+      assert np.abs(g).max() > 0, f"{name} gets no gradient"
+
+
+def test_mednext_gradient_step():
+  # One level of every block kind (block, down, bottleneck, up, decoder block, heads) at 4 channels.
+  model = MedNeXt(num_classes=3, init_filters=4, encoder_expansion=(2,), decoder_expansion=(2,),
+                  bottleneck_expansion=2, blocks_down=(1,), blocks_bottleneck=1, blocks_up=(1,),
+                  deep_supervision=True)
+  _gradient_step(model, 8, ds_levels=2)
+
+
+def test_segresnet_ds_gradient_step():
+  _gradient_step(SegResNetDS(num_classes=3, init_filters=4, blocks_down=(1, 1, 1), deep_supervision=True), 8,
+                 ds_levels=2)
+
+
+def test_swin_unetr_gradient_step():
+  # 32^3 is the smallest valid patch: 16^3 tokens in the first stage, so windows of 7 are padded and shifted.
+  # Its bottleneck is one voxel, whose instance norm is identically 0, so encoder10's convs get no gradient
+  # (PyTorch refuses instance norm over one voxel; train SwinUNETR on patches of 64 or more).
+  _gradient_step(SwinUNETR(num_classes=3, feature_size=12, depths=(2, 1, 1, 1)), 32, ds_levels=1,
+                 without_gradient=("encoder10",))
+
+
+def _transposed_conv_reference(x, w, stride, padding, output_padding):
+  """PyTorch's ConvTranspose3d for one sample, by its definition: scatter x[i] * w[k] to i * s + k - p."""
+  n, cin = x.shape[0], x.shape[-1]
+  k = w.shape[0]
+  full = (n - 1) * stride + k
+  y = np.zeros((full, full, full, w.shape[-1]))
+  for i in np.ndindex(n, n, n):
+    for o in np.ndindex(k, k, k):
+      y[tuple(a * stride + b for a, b in zip(i, o))] += x[i] @ w[o]
+  out = (n - 1) * stride - 2 * padding + k + output_padding
+  return y[padding:padding + out, padding:padding + out, padding:padding + out][:out, :out, :out]
+
+
+@pytest.mark.parametrize("pads,output_padding", [((1, 1), 0), ((1, 2), 1)], ids=["mednext_up", "segresnet_up"])
+def test_dilated_conv_is_pytorch_transposed_conv(pads, output_padding):
+  """Conv3D with input dilation 2 and a flipped kernel is ConvTranspose3d(3, stride 2, padding 1)."""
+  x = np.random.default_rng(0).normal(size=(1, 3, 3, 3, 2)).astype(np.float32)
+  conv = Conv3D(3, input_dilation=2, padding=(pads,) * 3, use_bias=False)
+  params = conv.init(jax.random.key(0), x)
+  y = np.asarray(conv.apply(params, x))[0]
+  w = np.asarray(params["params"]["kernel"])[::-1, ::-1, ::-1]
+  np.testing.assert_allclose(y, _transposed_conv_reference(x[0], w, 2, 1, output_padding), atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(groups=4, strides=(2, 2, 2), padding=((1, 1),) * 3),
+    dict(groups=4, input_dilation=2, padding=((1, 1),) * 3),
+    dict(input_dilation=2, padding=((1, 2),) * 3),
+], ids=["depthwise_down", "depthwise_up", "dense_up"])
+def test_depth_folded_matches_native_with_groups_and_dilation(kwargs):
+  x = jax.random.normal(jax.random.key(0), (1, 6, 4, 6, 4))
+  native = Conv3D(4, **kwargs)
+  params = native.init(jax.random.key(1), x)
+  folded = Conv3D(4, impl="depth_folded", **kwargs)
+  np.testing.assert_allclose(np.asarray(native.apply(params, x)), np.asarray(folded.apply(params, x)),
+                             atol=2e-5, rtol=1e-4)
+
+
+class _Toy(nn.Module):
+  """A per-voxel linear classifier: the smallest model the train loop can use."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(self.num_classes)(x).astype(jnp.float32)
+
+
+def test_register_a_model_and_train_it(monkeypatch):
+  monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave the zoo as it was
+  models.register("toy", models.ModelSpec(builder=lambda cfg, k: _Toy(k), downsampling_factor=lambda cfg: 1))
+
+  cfg = _cfg("toy")
+  model = models.build_model(cfg, 3)
+  assert "toy" in registry.names() and models.downsampling_factor(cfg) == 1
+  params = state_lib.init_params(model, cfg, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (2, 4, 4, 4, 1))
+  labels = (x[..., 0] > 0).astype(jnp.int32) * 2
+
+  @jax.jit
+  def step(p):
+    loss, g = jax.value_and_grad(lambda p: segmentation_loss(model.apply({"params": p}, x, train=True), labels, 3))(p)
+    return jax.tree.map(lambda a, b: a - 0.5 * b, p, g), loss
+
+  losses = []
+  for _ in range(5):
+    params, loss = step(params)
+    losses.append(float(loss))
+  assert losses[-1] < losses[0]
