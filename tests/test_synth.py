@@ -166,15 +166,16 @@ def test_apply_synthesis_labels_and_control():
   cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute",
                                        profiles=default_profiles_config()))
   keys = jax.random.split(jax.random.key(8), 3)
-  fn = jax.jit(lambda *a: apply_synthesis(*a, organs, cfg))
-  oi, ol = fn(images, labs, jnp.asarray([1, -1, 1], jnp.int32), jnp.ones((3, 3)), keys)
+  fn = jax.jit(lambda i, l, b, k: apply_synthesis(i, l, b, k, organs, cfg))
+  oi, ol = fn(images, labs, {"synth_organ": jnp.asarray([1, -1, 1], jnp.int32), "spacing": jnp.ones((3, 3))}, keys)
   oi, ol = np.asarray(oi), np.asarray(ol)
   assert (oi[1] == images[1]).all() and (ol[1] == labs[1]).all()
   for b in (0, 2):
     assert (ol[b] == 4).any()
     assert set(np.unique(ol[b])) <= {0, 3, 4}
   cfg.enabled = False
-  same = apply_synthesis(images, labs, jnp.asarray([1, 1, 1], jnp.int32), jnp.ones((3, 3)), keys, organs, cfg)
+  same = apply_synthesis(images, labs, {"synth_organ": jnp.asarray([1, 1, 1], jnp.int32), "spacing": jnp.ones((3, 3))},
+                         keys, organs, cfg)
   assert same[0] is images and same[1] is labs
 
 
@@ -196,7 +197,7 @@ def test_same_key_same_tumour_on_1_and_4_devices():
                                            profiles=default_profiles_config()))
       keys = jax.random.split(jax.random.key(11), 4)
       args = (imgs, labs, np.zeros(4, np.int32), np.ones((4, 3), np.float32))
-      f = jax.jit(lambda a, b, c, d, k: apply_synthesis(a, b, c, d, k, ("liver",), cfg))
+      f = jax.jit(lambda a, b, c, d, k: apply_synthesis(a, b, {"synth_organ": c, "spacing": d}, k, ("liver",), cfg))
       one = f(*args, keys)
       mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
       sh = NamedSharding(mesh, P("data"))

@@ -37,8 +37,7 @@ def prepare_inputs(config: ml_collections.ConfigDict, batch: dict, keys: jax.Arr
   images = batch["image"].astype(jnp.float32)
   labels = batch["label"].astype(jnp.int32)
   if config.synth.enabled:
-    images, labels = synth.apply_synthesis(images, labels, batch["synth_organ"], batch["spacing"],
-                                           keys[:, 0], organs, config.synth)
+    images, labels = synth.apply_synthesis(images, labels, batch, keys[:, 0], organs, config.synth)
   x = normalize_hu(images, config.data.hu_window)
   x, labels = augment.augment_batch(x, labels, keys[:, 1], config.augment)
   return x[..., None], labels
