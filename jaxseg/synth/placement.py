@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxseg.synth.spec import ProfileSpec
 
-_TRIES = 16         # rounds of candidate draws before a centre level counts as empty
+_TRIES = 16         # slices drawn in a band before the band counts as empty
 _NEG_TRIES = 64     # uniform draws for a negative crop centre before giving up on "not organ"
 
 
@@ -51,37 +51,39 @@ def _in_plane_eroded(label: np.ndarray, pts: np.ndarray, organ_label: int, spaci
 
 def _centre_pool(label: np.ndarray, pts: np.ndarray, organ_label: int, spacing: np.ndarray, spec: ProfileSpec,
                  n: int, rng: np.random.Generator) -> np.ndarray:
-  """n centres uniform among the first non-empty level of the profile's centre rule (int64 [n, 3]).
+  """n centres by the reference's rule (int64 [n, 3]).
 
-  Levels: each axial range of the WHOLE organ (fractions of its z extent), restricted by the centre rule
-  (in-plane eroded organ, its wall, or the organ), then the whole organ. Candidates are drawn uniformly from
-  the level's axial band and tested against the rule (rejection), so only the drawn voxels are read.
+  As the published code does it: an axial slice first, uniformly in the band (z = zmin + u (zmax - zmin),
+  u ~ U(lo, hi), rounded), then a voxel uniformly among the slice's organ voxels that pass the centre rule
+  (in-plane erosion for "eroded", its complement for "wall"). Drawing the slice first, not a voxel of the
+  band, matters: thin ends of the organ get as many sites per slice as its bulk. When no drawn slice of a
+  band yields a voxel, the next (wider) band is tried, then the whole organ.
   """
-  zmin, zmax = int(pts[:, 2].min()), int(pts[:, 2].max())
-  z = pts[:, 2].astype(np.float64)
-  for lo, hi in spec.axial_ranges:
-    band = pts[(z >= zmin + lo * (zmax - zmin) - 1e-3) & (z <= zmin + hi * (zmax - zmin) + 1e-3)]
-    if not len(band):
-      continue
-    got: list[np.ndarray] = []
-    have = 0
-    for _ in range(_TRIES):
-      cand = band[rng.integers(len(band), size=max(4 * n, 16))]
-      if spec.center_rule == "organ":
-        keep = np.ones(len(cand), bool)
-      else:
-        eroded = _in_plane_eroded(label, cand, organ_label, spacing, spec.erosion_mm)
-        keep = eroded if spec.center_rule == "eroded" else ~eroded
-      got.append(cand[keep])
-      have += int(keep.sum())
-      if have >= n:
+  order = np.argsort(pts[:, 2], kind="stable")
+  zs = pts[order, 2].astype(np.int64)
+  zmin, zmax = int(zs[0]), int(zs[-1])
+  out = np.zeros((n, 3), np.int64)
+  for i in range(n):
+    found = False
+    for lo, hi in spec.axial_ranges:
+      for _ in range(_TRIES):
+        z = int(np.round(zmin + rng.uniform(lo, hi) * (zmax - zmin)))
+        a, b = np.searchsorted(zs, z, side="left"), np.searchsorted(zs, z, side="right")
+        if b <= a:
+          continue
+        cand = pts[order[a + rng.integers(b - a, size=min(b - a, 32))]]
+        if spec.center_rule != "organ":
+          eroded = _in_plane_eroded(label, cand, organ_label, spacing, spec.erosion_mm)
+          cand = cand[eroded if spec.center_rule == "eroded" else ~eroded]
+        if len(cand):
+          out[i] = cand[0]
+          found = True
+          break
+      if found:
         break
-    if have:
-      pool = np.concatenate(got)
-      if have < n:   # a rare rule: reuse accepted voxels (still uniform draws from the accepted ones)
-        pool = pool[rng.integers(have, size=n)]
-      return pool[:n].astype(np.int64)
-  return pts[rng.integers(len(pts), size=n)].astype(np.int64)
+    if not found:
+      out[i] = pts[rng.integers(len(pts))]
+  return out
 
 
 def draw_sites(label: np.ndarray, pts: np.ndarray, organ_label: int, spacing, spec: ProfileSpec,
@@ -116,6 +118,12 @@ def draw_sites(label: np.ndarray, pts: np.ndarray, organ_label: int, spacing, sp
 
 def crop_centre(label: np.ndarray, pts: np.ndarray, organ_label: int, size, rng: np.random.Generator
                 ) -> np.ndarray:
+  """Centre of a training crop by the reference's rule; see ``crop_centre_and_kind``."""
+  return crop_centre_and_kind(label, pts, organ_label, size, rng)[0]
+
+
+def crop_centre_and_kind(label: np.ndarray, pts: np.ndarray, organ_label: int, size, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, bool]:
   """Centre of a training crop by the reference's rule (RandCropByPosNegLabeld, pos 1 : neg 1).
 
   Positive: a voxel of the organ (``pts``); negative: a uniform voxel not of the organ. As MONAI does, the
@@ -123,11 +131,12 @@ def crop_centre(label: np.ndarray, pts: np.ndarray, organ_label: int, size, rng:
   along a shorter axis the crop is centred on the volume and padded).
 
   Returns:
-    int64 [3] centre in case voxel coordinates (crop start = centre - size // 2).
+    (int64 [3] centre in case voxel coordinates (crop start = centre - size // 2), positive or not).
   """
   shape = np.asarray(label.shape, np.int64)
   size = np.asarray(size, np.int64)
-  if rng.random() < 0.5 and pts is not None and len(pts):
+  positive = bool(rng.random() < 0.5 and pts is not None and len(pts))
+  if positive:
     c = pts[rng.integers(len(pts))].astype(np.int64)
   else:
     c = rng.integers(0, shape)
@@ -137,4 +146,4 @@ def crop_centre(label: np.ndarray, pts: np.ndarray, organ_label: int, size, rng:
       c = rng.integers(0, shape)
   lo = size // 2
   hi = shape - size + size // 2
-  return np.where(shape >= size, np.clip(c, lo, hi), (shape - size) // 2 + size // 2)
+  return np.where(shape >= size, np.clip(c, lo, hi), (shape - size) // 2 + size // 2), positive

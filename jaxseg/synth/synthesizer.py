@@ -208,8 +208,8 @@ def shape_function_sequential(grids: list[jax.Array], center: jax.Array, axes_mm
 
 def _slot_function(spec: ProfileSpec, grids, center, axes, dd, radius_mm, spacing):
   if spec.deformation == "sequential2d":
-    # dd: [3, 3, 3, 3, 3] control displacements; pass p uses components 0-1 of the middle z-plane.
-    return shape_function_sequential(grids, center, axes, dd[:, :2, :, :, 1], radius_mm, spacing)
+    # dd: [3, 3, 3, 3] control displacements (81 independent normals); pass p uses dd[p, :2]: 2 x 3 x 3.
+    return shape_function_sequential(grids, center, axes, dd[:, :2], radius_mm, spacing)
   return shape_function(grids, center, axes, dd, radius_mm, spacing)
 
 
@@ -222,6 +222,11 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
   the patch leaves nothing.
   """
   disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
+  # Only tumours whose reach meets the patch are rendered (sites outside it come from the whole case).
+  reach_vox = spec.half_extent_mm(g) / spacing
+  nearest = jnp.clip(centers, 0, jnp.asarray(shape) - 1)
+  meets = jnp.all(jnp.abs(centers - nearest) <= reach_vox + 1.0, axis=-1)
+  gd = dict(gd, active=gd["active"] & meets)
   want_free = g.exophytic and spec.exophytic_prob > 0
   acc = jnp.full(shape, _FAR, jnp.float32)
   acc_free = jnp.full(shape, _FAR, jnp.float32) if want_free else None
@@ -235,8 +240,10 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
       center, axes, dd, active, free = xs
       start = jnp.clip(center - half, 0, hi)
       grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
-      q = _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing)
-      q = jnp.where(active, jnp.minimum(q, _FAR), _FAR)
+      # An inactive slot costs nothing where the call is not vmapped (cond; under vmap it is a select).
+      q = jax.lax.cond(active, lambda: jnp.minimum(
+          _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
+          lambda: jnp.full(tuple(sizes), _FAR, jnp.float32))
       out = []
       for i, target in enumerate(carry):
         qq = jnp.where(free == (i == 1), q, _FAR) if want_free else q
@@ -253,8 +260,9 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
 
     def body(carry, xs):
       center, axes, dd, active, free = xs
-      q = _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing)
-      q = jnp.where(active, jnp.minimum(q, _FAR), _FAR)
+      q = jax.lax.cond(active, lambda: jnp.minimum(
+          _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
+          lambda: jnp.full(shape, _FAR, jnp.float32))
       if want_free:
         return (jnp.minimum(carry[0], jnp.where(free, _FAR, q)), jnp.minimum(carry[1], jnp.where(free, q, _FAR))), None
       return (jnp.minimum(carry[0], q),), None
