@@ -1,7 +1,7 @@
 """Puts synthetic tumours into a CT and writes the CT, the tumour mask (NIfTI, input affine) and a montage.
 
   python launch/synthesize.py --image=ct.nii.gz --organ_mask=liver.nii.gz --organ=liver --out=out/ \
-      [--seed=0] [--size=medium] [--mask_labels=5] [--contrast=relative]
+      [--seed=0] [--size=medium] [--mask_labels=5] [--contrast=relative] [--mode=reference|patch]
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _SIZE = flags.DEFINE_string("size", None, "Size class (tiny, small, medium, large, mix); default: drawn.")
 _LABELS = flags.DEFINE_list("mask_labels", [], "Label ids of the organ in a label-map mask (default: > 0).")
 _CONTRAST = flags.DEFINE_enum("contrast", "absolute", ["absolute", "relative"], "Contrast rule.")
+_MODE = flags.DEFINE_enum("mode", "reference", ["reference", "patch"], "Synthesis mode (docs/SYNTHESIS.md).")
 
 
 def main(argv):
   del argv
   try:
     summary = nifti_tool.synthesize_file(_IMAGE.value, _MASK.value, _ORGAN.value, _OUT.value, _SEED.value,
-                                         _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value)
+                                         _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value,
+                                         _MODE.value)
   except ValueError as e:
     sys.exit(f"synthesize: {e}")
   print(json.dumps(summary))

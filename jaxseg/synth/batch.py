@@ -20,8 +20,8 @@ from jaxseg.synth.synthesizer import draw, render
 def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, key: jax.Array, profile,
                size_class: str | None = None, contrast: str = "absolute", mode: str | None = None,
                min_spacing_mm: float | None = None, centers: jax.Array | None = None,
-               center_ok: jax.Array | None = None, class_index: jax.Array | None = None
-               ) -> tuple[jax.Array, jax.Array]:
+               center_ok: jax.Array | None = None, class_index: jax.Array | None = None,
+               blocked: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Puts synthetic tumours into one HU patch.
 
   Args:
@@ -38,6 +38,7 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
     centers, center_ok: optional tumour sites in patch coordinates (placement.draw_sites); else drawn on the
       patch's organ.
     class_index: optional (traced) size class index into the profile's classes.
+    blocked: optional bool [X, Y, Z]: voxels a tumour must never take (other organs).
 
   Returns:
     (image_hu float32 [X, Y, Z], tumor_mask bool [X, Y, Z]). With no organ voxel the image is unchanged.
@@ -48,7 +49,8 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
     spec_lib.check_spacing(np.asarray(spacing), sp.min_spacing_mm)
   d = draw(key, sp, tuple(image_hu.shape), class_index=class_index)
   out, tumor, _ = render(jnp.asarray(image_hu, jnp.float32), jnp.asarray(organ_mask, bool),
-                         jnp.asarray(spacing, jnp.float32), d, sp, centers=centers, center_ok=center_ok)
+                         jnp.asarray(spacing, jnp.float32), d, sp, centers=centers, center_ok=center_ok,
+                         blocked=None if blocked is None else jnp.asarray(blocked, bool))
   return out, tumor
 
 
