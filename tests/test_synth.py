@@ -1,4 +1,4 @@
-"""Tests of the tumour synthesizer against SYNTHESIS.md, over many keys, at tiny patch sizes."""
+"""Tests of the tumour synthesizer against docs/SYNTHESIS.md, over many keys, at tiny patch sizes."""
 
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def test_real_ct_tumours_land_in_the_organ(tmp_path, organ, ids):
 
 @pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")
 def test_relative_contrast_fixes_the_measured_weakness(tmp_path):
-  """SYNTHESIS.md: on this unenhanced scan the absolute drop makes tumours fluid-dark; relative does not."""
+  """docs/SYNTHESIS.md: on this unenhanced scan the absolute drop makes tumours fluid-dark; relative does not."""
   import json
   from jaxseg.synth import nifti_tool
   image = os.path.join(REAL_CT, "example_ct.nii.gz")

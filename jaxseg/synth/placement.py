@@ -147,3 +147,37 @@ def crop_centre_and_kind(label: np.ndarray, pts: np.ndarray, organ_label: int, s
   lo = size // 2
   hi = shape - size + size // 2
   return np.where(shape >= size, np.clip(c, lo, hi), (shape - size) // 2 + size // 2), positive
+
+
+def sites_for_patches(labels: np.ndarray, synth_organ: np.ndarray, spacing: np.ndarray, organs, synth_cfg,
+                      seed: int = 0) -> dict:
+  """The loader's synthesis fields for a batch whose patches are whole cases (benchmarks, tools).
+
+  Args:
+    labels: uint8 [B, X, Y, Z] label patches in the label space of ``organs``.
+    synth_organ: int32 [B] organ index or -1.
+    spacing: float32 [B, 3] mm.
+    organs: config.data.organs.
+    synth_cfg: config.synth.
+    seed: numpy seed of the site draws.
+
+  Returns:
+    {"synth_centers": int32 [B, S, 3], "synth_center_ok": uint8 [B, S]} as make_train_loader yields them.
+  """
+  from jaxseg import labels as labels_lib  # pylint: disable=import-outside-toplevel
+  from jaxseg.synth.batch import organ_specs, slot_count  # pylint: disable=import-outside-toplevel
+  specs = organ_specs(tuple(organs), synth_cfg)
+  s = slot_count(specs)
+  b = labels.shape[0]
+  centres = np.zeros((b, s, 3), np.int32)
+  ok = np.zeros((b, s), np.uint8)
+  rng = np.random.default_rng(seed)
+  for i in range(b):
+    o = int(synth_organ[i])
+    if o < 0 or str(synth_cfg.get("mode", "patch")) != "reference":
+      continue
+    lab = labels_lib.organ_label(tuple(organs), organs[o])
+    c, k = draw_sites(labels[i], np.argwhere(labels[i] == lab), lab, spacing[i], specs[o], rng)
+    centres[i, :len(c)] = c
+    ok[i, :len(k)] = k
+  return {"synth_centers": centres, "synth_center_ok": ok}

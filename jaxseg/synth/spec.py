@@ -26,7 +26,7 @@ SPACING_RANGE_MM = (0.5, 5.0)   # spacings the synthesizer is built and tested f
 MAX_DISPLACEMENT_SIGMAS = 3.0   # control-point displacements are clipped to +-3 sigma (bounded boxes)
 
 # Statistics of the published generator's texture bank (420 x 300 x 320 voxels at 1 mm, scipy
-# gaussian_filter, one texture per sigma pair; measured once, see docs/SYNTHESIS.md "Texture"):
+# gaussian_filter, one texture per sigma pair; measured once by texture_bank.py, docs/SYNTHESIS.md step 4):
 # sigma_a -> (min, max, std) of the blurred uniform noise over the whole bank, and
 # (sigma_a, sigma_b) -> mean of the final blurred Bernoulli field over its voxels above 0.12, at the
 # central rescale (scale 0.2, base 0.05). "bank" rescaling uses these constants instead of the patch's own

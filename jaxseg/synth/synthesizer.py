@@ -6,6 +6,12 @@ It is split in two so the numpy reference can be checked against it on identical
 each size group has a fixed number of slots with an active mask; small tumours are evaluated in a static
 box, large ones over the whole patch on a coarse grid (their shape function is smooth), textures are
 generated on a grid twice as coarse and blurred straight back to full resolution.
+
+The spec's mode decides the statistics (docs/SYNTHESIS.md, "Placement modes"): "reference" deforms with the
+published generator's three sequential 2D passes and order-0 lookups, evaluated per voxel, and rescales
+the texture with the published bank's fixed constants (texture_bank.py); "patch" uses one smooth 3D field
+and rescales the texture over the patch. In reference mode the tumour sites come from the loader, drawn on
+the whole case (placement.py); ``render`` then draws only the tumours whose reach meets the patch.
 """
 
 from __future__ import annotations
@@ -284,7 +290,7 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
 
 
 def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: ProfileSpec) -> jax.Array:
-  """Texture in [0, 1] over the patch (SYNTHESIS.md step 4), generated per sample.
+  """Texture in [0, 1] over the patch (docs/SYNTHESIS.md, step 4), generated per sample.
 
   Steps a-c run on the grid ``f`` times coarser: the blurred noise is smooth (sigma_a >= 3 mm), so each
   coarse voxel's Bernoulli probability holds for its f^3 fine voxels and their f^3 Bernoulli draws are
