@@ -221,3 +221,78 @@ def test_fidelity_every_class(fixture_1mm, size_class):
   """Every figure's median over 12 cases within the reference's [p10, p90] (as its JSON defines them)."""
   _, _, bad = _check_class(fixture_1mm, size_class, range(12), crops=200)
   assert not bad, bad
+
+
+# ---------------------------------------------------------------------------------- spacing of the file tool
+def _liver_block_files(tmp_path, side_mm, spacing):
+  """NIfTI CT + liver mask: a cube of the fixture's liver region, resampled to ``spacing`` (order 1 / 0)."""
+  import nibabel as nib
+  from scipy import ndimage
+  img = nib.as_closest_canonical(nib.load(os.path.join(REAL_CT, "example_ct.nii.gz")))
+  seg = nib.as_closest_canonical(nib.load(os.path.join(REAL_CT, "example_ct_seg.nii.gz")))
+  native = float(img.header.get_zooms()[0])
+  liver = np.asarray(seg.dataobj) == 5
+  c = np.round(np.argwhere(liver).mean(0)).astype(int)
+  h = int(round(side_mm / native / 2))
+  sl = tuple(slice(int(x) - h, int(x) + h) for x in c)
+  f = native / spacing
+  ct = ndimage.zoom(np.asarray(img.dataobj, np.float32)[sl], f, order=1)
+  mask = ndimage.zoom(liver[sl].astype(np.uint8), f, order=0)
+  aff = np.diag([spacing, spacing, spacing, 1.0])
+  d = tmp_path / f"block{spacing}"
+  d.mkdir()
+  nib.save(nib.Nifti1Image(ct.astype(np.int16), aff), d / "ct.nii.gz")
+  nib.save(nib.Nifti1Image(mask, aff), d / "liver.nii.gz")
+  return str(d / "ct.nii.gz"), str(d / "liver.nii.gz")
+
+
+def _median_diameter(tmp_path, size_class, spacing, side_mm, seeds):
+  import nibabel as nib
+  from jaxseg.synth import fidelity, nifti_tool
+  ct, liver = _liver_block_files(tmp_path, side_mm, spacing)
+  diam = []
+  for s in seeds:
+    out = tmp_path / f"out{spacing}_{size_class}_{s}"
+    nifti_tool.synthesize_file(ct, liver, "liver", str(out), seed=s, size_class=size_class)
+    t = np.asarray(nib.load(out / "tumor_mask.nii.gz").dataobj) > 0
+    c = np.asarray(nib.load(out / "ct_synth.nii.gz").dataobj, np.float32)
+    diam += [r["eq_diam_mm"] for r in fidelity.tumour_figures(c, c, t, np.full(3, spacing), 0, 1)]
+  return float(np.median(diam))
+
+
+@pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")
+def test_file_tool_same_size_in_mm_at_half_mm_small(tmp_path):
+  """launch/synthesize.py on the fixture's liver at 0.5 mm: small tumours as large in mm as at 1 mm."""
+  at1 = _median_diameter(tmp_path, "small", 1.0, 60.0, range(3))
+  at05 = _median_diameter(tmp_path, "small", 0.5, 60.0, range(3))
+  # Different sites at the two spacings (and tumours merging in a 60 mm block) make this a loose check;
+  # test_same_site_same_tumour_in_mm_at_half_mm is the exact one. Boxes sized for 1 mm gave 0.08x here.
+  assert 0.75 < at05 / at1 < 1.33, (at1, at05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")
+@pytest.mark.parametrize("size_class", ["tiny", "medium", "large", "mix"])
+def test_file_tool_same_size_in_mm_at_half_mm(tmp_path, size_class):
+  at1 = _median_diameter(tmp_path, size_class, 1.0, 120.0, range(4))
+  at05 = _median_diameter(tmp_path, size_class, 0.5, 120.0, range(4))
+  assert 0.75 < at05 / at1 < 1.33, (at1, at05)
+
+
+@pytest.mark.parametrize("size_class,side_mm", [("small", 48.0), ("medium", 96.0)])
+def test_same_site_same_tumour_in_mm_at_half_mm(size_class, side_mm):
+  """Same key, same site in mm: the tumour's volume in mm^3 at 0.5 mm matches 1 mm (reference deformation)."""
+  p = default_profiles_config().liver
+  p.classes = (size_class,)
+  p.counts[size_class] = (1, 1)
+  vols = []
+  for spacing in (1.0, 0.5):
+    n = int(side_mm / spacing)
+    spec = spec_lib.make_spec(p, name="liver", mode="reference", min_spacing_mm=spacing)
+    d = sy.draw(jax.random.key(9), spec, (n, n, n))
+    t = sy.render(jnp.zeros((n, n, n)), jnp.ones((n, n, n), bool), jnp.full((3,), spacing), d, spec,
+                  centers=jnp.full((1, 3), n // 2, jnp.int32), center_ok=jnp.ones((1,), bool))[1]
+    t = np.asarray(t)
+    assert not (t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any()), "cut: enlarge the test cube"
+    vols.append(t.sum() * spacing ** 3)
+  assert abs(vols[1] - vols[0]) < 0.1 * vols[0], vols
