@@ -236,11 +236,14 @@ def test_real_ct_tumours_land_in_the_organ(tmp_path, organ, ids):
   summary = nifti_tool.synthesize_file(image, seg, organ, str(tmp_path), seed=1, mask_labels=ids)
   assert summary["tumor_voxels"] > 0
   mask = np.asarray(nib.load(tmp_path / "tumor_mask.nii.gz").dataobj) > 0
-  organ_mask = np.isin(np.asarray(nib.load(seg).dataobj), ids)
+  labels = np.asarray(nib.load(seg).dataobj)
+  organ_mask = np.isin(labels, ids)
+  assert not (mask & ~organ_mask & (labels > 0)).any()   # never over another labelled structure
   if organ == "colon":   # wall thickening may reach 10 mm (3 voxels at 3 mm) outside the colon
     from scipy import ndimage
     organ_mask = ndimage.binary_dilation(organ_mask, np.ones((7, 7, 7), bool))
-  assert not (mask & ~organ_mask).any()
+  if organ != "kidney":  # medium and large kidney tumours grow out (into unlabelled voxels) half the time
+    assert not (mask & ~organ_mask).any()
   assert np.allclose(nib.load(tmp_path / "ct_synth.nii.gz").affine, nib.load(image).affine)
   assert (tmp_path / "montage.png").stat().st_size > 1000
 
