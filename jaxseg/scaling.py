@@ -423,7 +423,7 @@ def sampling_report(config: ml_collections.ConfigDict, num_batches: int = 200) -
   train_ids, val_ids = split.split_cases(cases, config.data.num_val, config.data.split_seed, organs)
   n = max(int(x) for x in config.scaling.num_real)
   c = run_config(config, f"real_n{n}_s{config.scaling.seeds[0]}")
-  it = make_train_loader(c.data, cache_dir, train_ids, seed=c.seed)
+  it = make_train_loader(c.data, cache_dir, train_ids, seed=c.seed, synth_cfg=c.synth)
   shown = real = control = 0
   for _ in range(num_batches):
     b = next(it)

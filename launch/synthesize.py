@@ -1,7 +1,7 @@
 """Puts synthetic tumours into a CT and writes the CT, the tumour mask (NIfTI, input affine) and a montage.
 
   python launch/synthesize.py --image=ct.nii.gz --organ_mask=liver.nii.gz --organ=liver --out=out/ \
-      [--seed=0] [--size=medium] [--mask_labels=5] [--contrast=relative]
+      [--seed=0] [--size=medium] [--mask_labels=5] [--contrast=relative] [--mode=reference|patch]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _SIZE = flags.DEFINE_string("size", None, "Size class (tiny, small, medium, large, mix); default: drawn.")
 _LABELS = flags.DEFINE_list("mask_labels", [], "Label ids of the organ in a label-map mask (default: > 0).")
 _CONTRAST = flags.DEFINE_enum("contrast", "absolute", ["absolute", "relative"], "Contrast rule.")
+_MODE = flags.DEFINE_enum("mode", "reference", ["reference", "patch"], "Synthesis mode (docs/SYNTHESIS.md).")
 
 
 def main(argv):
@@ -31,7 +32,8 @@ def main(argv):
       raise ValueError(f"--mask_labels: {','.join(_LABELS.value)!r} must be integer label ids (e.g. 5,6)")
     cli.check_output_dir(_OUT.value, "--out")
     summary = nifti_tool.synthesize_file(_IMAGE.value, _MASK.value, _ORGAN.value, _OUT.value, _SEED.value,
-                                         _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value)
+                                         _SIZE.value, tuple(int(x) for x in _LABELS.value), _CONTRAST.value,
+                                         _MODE.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

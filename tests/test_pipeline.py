@@ -170,3 +170,49 @@ def test_split_is_deterministic_stratified_and_nested(cache_dir):
   # The loader applies num_real_tumor_cases: with 0 real tumour cases only control patches remain.
   it = make_train_loader(_cfg(num_real_tumor_cases=0, synth_fraction=0.0), cache_dir, _ids(cache_dir), seed=0)
   assert all((next(it)["synth_organ"] >= 0).all() for _ in range(3))
+
+
+def test_reference_mode_sites_on_the_whole_case_and_sharding(cache_dir):
+  """Reference mode: every sample carries fixed-size site arrays (zeros off control samples); control sites
+  are drawn on the whole case, so with a patch smaller than the organ some lie outside their patch, and
+  those inside are organ voxels; global_batch splits the new fields like the others."""
+  from jaxseg import parallel
+  from jaxseg.default_config import get_config
+  from jaxseg.synth.batch import organ_specs, slot_count
+  synth = get_config().synth
+  synth.mode = "reference"
+  synth.min_spacing_mm = 2.0
+  specs = organ_specs(ORGANS, synth)
+  slots = slot_count(specs)
+  per_organ = [sum(g.slots for g in sp.groups) for sp in specs]
+  it = make_train_loader(_cfg(patch_size=(8, 8, 8), synth_fraction=0.5), cache_dir, _ids(cache_dir), seed=4,
+                         synth_cfg=synth)
+  outside = inside = controls = 0
+  for _ in range(6):
+    b = next(it)
+    assert b["synth_centers"].shape == (4, slots, 3) and b["synth_centers"].dtype == np.int32
+    assert b["synth_center_ok"].shape == (4, slots) and b["synth_center_ok"].dtype == np.uint8
+    for i in range(4):
+      ok, c = b["synth_center_ok"][i] > 0, b["synth_centers"][i]
+      if b["synth_organ"][i] < 0:
+        assert not ok.any() and not c.any()
+        continue
+      controls += 1
+      n = per_organ[b["synth_organ"][i]]
+      assert ok[:n].all() and not ok[n:].any()
+      c = c[:n]
+      inn = ((c >= 0) & (c < 8)).all(axis=1)
+      outside += int((~inn).sum())
+      inside += int(inn.sum())
+      organ_label = 2 * int(b["synth_organ"][i]) + 1
+      assert (b["label"][i][tuple(c[inn].T)] == organ_label).all()   # voxels of the sample's organ
+  assert controls and outside > 0 and inside > 0
+  mesh = parallel.make_mesh()
+  g = parallel.global_batch(b, mesh)
+  assert g["synth_centers"].shape == (4, slots, 3) and g["synth_center_ok"].shape == (4, slots)
+  # The patch rule would put every site inside its patch: this is what tells the two placements apart.
+  patch = get_config().synth
+  patch.min_spacing_mm = 2.0
+  b = next(make_train_loader(_cfg(patch_size=(8, 8, 8), synth_fraction=1.0), cache_dir, _ids(cache_dir), seed=4,
+                             synth_cfg=patch))
+  assert b["synth_centers"].shape == (4, slots, 3) and not b["synth_center_ok"].any()

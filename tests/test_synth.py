@@ -1,4 +1,4 @@
-"""Tests of the tumour synthesizer against SYNTHESIS.md, over many keys, at tiny patch sizes."""
+"""Tests of the tumour synthesizer against docs/SYNTHESIS.md, over many keys, at tiny patch sizes."""
 
 from __future__ import annotations
 
@@ -163,20 +163,19 @@ def test_apply_synthesis_labels_and_control():
   labels = np.where(organ, 3, 0).astype(np.int32)            # kidney = organ 1 -> label 3
   images = np.stack([img, img, img])
   labs = np.stack([labels, labels, labels])
-  cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute",
-                                       profiles=default_profiles_config()))
+  cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute", mode="patch",
+                                       min_spacing_mm=1.0, profiles=default_profiles_config()))
   keys = jax.random.split(jax.random.key(8), 3)
   fn = jax.jit(lambda i, l, b, k: apply_synthesis(i, l, b, k, organs, cfg))
-  batch = {"synth_organ": jnp.asarray([1, -1, 1], jnp.int32), "spacing": jnp.ones((3, 3))}
-  oi, ol = fn(images, labs, batch, keys)
+  oi, ol = fn(images, labs, {"synth_organ": jnp.asarray([1, -1, 1], jnp.int32), "spacing": jnp.ones((3, 3))}, keys)
   oi, ol = np.asarray(oi), np.asarray(ol)
   assert (oi[1] == images[1]).all() and (ol[1] == labs[1]).all()
   for b in (0, 2):
     assert (ol[b] == 4).any()
     assert set(np.unique(ol[b])) <= {0, 3, 4}
   cfg.enabled = False
-  same = apply_synthesis(images, labs, {"synth_organ": jnp.asarray([1, 1, 1], jnp.int32),
-                                        "spacing": jnp.ones((3, 3))}, keys, organs, cfg)
+  same = apply_synthesis(images, labs, {"synth_organ": jnp.asarray([1, 1, 1], jnp.int32), "spacing": jnp.ones((3, 3))},
+                         keys, organs, cfg)
   assert same[0] is images and same[1] is labs
 
 
@@ -194,8 +193,8 @@ def test_same_key_same_tumour_on_1_and_4_devices():
       organ = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 0.8) ** 2 < 1
       imgs = np.stack([np.where(organ, 100.0, -100.0).astype(np.float32)] * 4)
       labs = np.stack([organ.astype(np.int32)] * 4)
-      cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute",
-                                           profiles=default_profiles_config()))
+      cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute", mode="patch",
+                                           min_spacing_mm=1.0, profiles=default_profiles_config()))
       keys = jax.random.split(jax.random.key(11), 4)
       args = (imgs, labs, np.zeros(4, np.int32), np.ones((4, 3), np.float32))
       f = jax.jit(lambda a, b, c, d, k: apply_synthesis(a, b, {"synth_organ": c, "spacing": d}, k, ("liver",), cfg))
@@ -237,18 +236,21 @@ def test_real_ct_tumours_land_in_the_organ(tmp_path, organ, ids):
   summary = nifti_tool.synthesize_file(image, seg, organ, str(tmp_path), seed=1, mask_labels=ids)
   assert summary["tumor_voxels"] > 0
   mask = np.asarray(nib.load(tmp_path / "tumor_mask.nii.gz").dataobj) > 0
-  organ_mask = np.isin(np.asarray(nib.load(seg).dataobj), ids)
+  labels = np.asarray(nib.load(seg).dataobj)
+  organ_mask = np.isin(labels, ids)
+  assert not (mask & ~organ_mask & (labels > 0)).any()   # never over another labelled structure
   if organ == "colon":   # wall thickening may reach 10 mm (3 voxels at 3 mm) outside the colon
     from scipy import ndimage
     organ_mask = ndimage.binary_dilation(organ_mask, np.ones((7, 7, 7), bool))
-  assert not (mask & ~organ_mask).any()
+  if organ != "kidney":  # medium and large kidney tumours grow out (into unlabelled voxels) half the time
+    assert not (mask & ~organ_mask).any()
   assert np.allclose(nib.load(tmp_path / "ct_synth.nii.gz").affine, nib.load(image).affine)
   assert (tmp_path / "montage.png").stat().st_size > 1000
 
 
 @pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")
 def test_relative_contrast_fixes_the_measured_weakness(tmp_path):
-  """SYNTHESIS.md: on this unenhanced scan the absolute drop makes tumours fluid-dark; relative does not."""
+  """docs/SYNTHESIS.md: on this unenhanced scan the absolute drop makes tumours fluid-dark; relative does not."""
   import json
   from jaxseg.synth import nifti_tool
   image = os.path.join(REAL_CT, "example_ct.nii.gz")

@@ -13,7 +13,9 @@ Patches from tumour cases are centred (with jitter) on a tumour voxel with proba
 (nnU-Net: 0.33), otherwise on a voxel of one of the organs with probability ``organ_centred`` (the
 synthetic-tumour reference crops scans to the organ; 0 is nnU-Net's uniform placement), else uniformly;
 patches from control cases are centred on a voxel of the organ the synthesizer may place a tumour in
-(``synth_organ``). Borders are padded with -1024 HU, label 0.
+(``synth_organ``), or, in the synthesizer's reference mode, cropped by the published pos 1 : neg 1 rule
+with the tumour sites drawn on the whole case (jaxseg/synth/placement.py). Borders are padded with -1024
+HU, label 0.
 Arrays are memory-mapped and only a bounded number of cases stay open per worker, so memory stays flat.
 """
 
@@ -28,6 +30,8 @@ import numpy as np
 from jaxseg import labels as label_space
 from jaxseg.data import cache
 from jaxseg.data.split import first_tumor_cases
+from jaxseg.synth import batch as synth_batch, spec as spec_lib
+from jaxseg.synth import placement
 
 PAD_HU = -1024
 _OPEN_CASES = 16  # memory-mapped cases kept open per process (bounded: flat memory over long runs)
@@ -74,26 +78,54 @@ def crop(volume: np.ndarray, start, size, pad_value) -> np.ndarray:
 
 @dataclasses.dataclass
 class PatchSampler:
-  """Grain random map: (case_id, synth_organ) -> one patch dict (see ``make_train_loader``)."""
+  """Grain random map: (case_id, synth_organ) -> one patch dict (see ``make_train_loader``).
+
+  ``synth_specs`` (one static profile spec per organ, from config.synth) switches on the synthesis fields;
+  ``synth_mode`` "reference" crops control patches by the reference's pos/neg rule and draws the tumour
+  sites on the whole case (jaxseg/synth/placement.py); "patch" centres control patches on an organ voxel
+  and leaves the sites to the device.
+  """
   cache_dir: str
   patch_size: tuple[int, int, int]
   fg_oversample: float
   organs: tuple[str, ...]
   organ_centred: float = 0.0
+  synth_mode: str = "patch"
+  synth_specs: tuple | None = None
+  synth_min_spacing_mm: float = 0.0
 
   def __post_init__(self):
     self._cases = _CaseCache(self.cache_dir)
     self._tumor_labels = [label_space.tumor_label(self.organs, o) for o in self.organs]
     self._organ_labels = [label_space.organ_label(self.organs, o) for o in self.organs]
+    self._slots = max((sum(g.slots for g in sp.groups) for sp in self.synth_specs), default=0) \
+        if self.synth_specs else 0
+
+  def _sites(self, label, pts, synth_organ, spacing, start, rng) -> dict:
+    """The batch's synthesis fields: sites in patch coordinates (zeros for non-control samples)."""
+    centres = np.zeros((self._slots, 3), np.int32)
+    ok = np.zeros((self._slots,), np.uint8)
+    if synth_organ >= 0 and self.synth_mode == "reference":
+      spec = self.synth_specs[synth_organ]
+      c, k = placement.draw_sites(label, pts, self._organ_labels[synth_organ], spacing, spec, rng)
+      centres[:len(c)] = c - np.asarray(start, np.int64)
+      ok[:len(k)] = k
+    return {"synth_centers": centres, "synth_center_ok": ok}
 
   def __call__(self, unit, rng: np.random.Generator) -> dict:
     case_id, synth_organ = unit[0], int(unit[1])
     image, label, locs, spacing = self._cases.get(case_id)
     size = np.asarray(self.patch_size)
     shape = np.asarray(label.shape)
+    pts = None
+    if self.synth_specs and synth_organ >= 0:
+      spec_lib.check_spacing(spacing, self.synth_min_spacing_mm, where=f"{self.cache_dir}: case {case_id}")
     if synth_organ >= 0:
       pts = locs.get(label_space.organ_label(self.organs, self.organs[synth_organ]))
-      centre = pts[rng.integers(len(pts))].astype(np.int64) if pts is not None and len(pts) else shape // 2
+      if self.synth_mode == "reference":
+        centre = placement.crop_centre(label, pts, self._organ_labels[synth_organ], size, rng)
+      else:
+        centre = pts[rng.integers(len(pts))].astype(np.int64) if pts is not None and len(pts) else shape // 2
     else:
       fg = [locs[c] for c in self._tumor_labels if c in locs and len(locs[c])]
       if fg and rng.random() < self.fg_oversample:
@@ -108,13 +140,16 @@ class PatchSampler:
       else:
         centre = rng.integers(0, shape)
     start = centre - size // 2
-    return {
+    out = {
         "image": crop(image, start, size, np.int16(PAD_HU)),
         "label": crop(label, start, size, np.uint8(0)),
         "synth_organ": np.int32(synth_organ),
         "spacing": spacing,
         "annotated": self._annotated(case_id),  # partial labels: uint8 [num_classes]
     }
+    if self.synth_specs:
+      out.update(self._sites(label, pts, synth_organ, spacing, start, rng))
+    return out
 
   def _annotated(self, case_id: str) -> np.ndarray:
     """The case's annotated-class mask (cache.annotated_mask), read once per case and process."""
@@ -162,8 +197,18 @@ def sampling_units(cases: list[dict], train_ids: list[str], organs) -> tuple[lis
   return real, control
 
 
+def synth_sampler_args(organs: tuple[str, ...], synth_cfg) -> dict:
+  """PatchSampler arguments from config.synth (mode, one static profile spec per organ, min spacing)."""
+  if synth_cfg is None:
+    return {}
+  mode = str(synth_cfg.mode)
+  spec_lib.mode_settings(mode)
+  return dict(synth_mode=mode, synth_specs=tuple(synth_batch.organ_specs(organs, synth_cfg)),
+              synth_min_spacing_mm=float(synth_cfg.min_spacing_mm))
+
+
 def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
+                 process_count: int = 1, synth_cfg=None) -> grain.IterDataset:
   """The Grain IterDataset of process-local batches (see ``make_train_loader``)."""
   organs = label_space.check_organs(data_cfg.organs)
   if data_cfg.batch_size % process_count:
@@ -190,7 +235,7 @@ def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, proc
     raise ValueError(f"{cache_dir}: no tumour or control case for organs {organs} among {len(train_ids)} cases")
   ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
   sampler = PatchSampler(cache_dir, tuple(int(p) for p in data_cfg.patch_size), float(data_cfg.fg_oversample),
-                         organs, float(data_cfg.organ_centred))
+                         organs, float(data_cfg.organ_centred), **synth_sampler_args(organs, synth_cfg))
   ds = ds.random_map(sampler, seed=seed)
   ds = _BlockShard(ds, data_cfg.batch_size // process_count, process_index, process_count)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(2, int(data_cfg.prefetch))))
@@ -201,7 +246,7 @@ def make_dataset(data_cfg, cache_dir: str, train_ids: list[str], seed: int, proc
 
 
 def make_train_loader(data_cfg, cache_dir: str, train_ids: list[str], seed: int, process_index: int = 0,
-                      process_count: int = 1) -> grain.DatasetIterator:
+                      process_count: int = 1, synth_cfg=None) -> grain.DatasetIterator:
   """An infinite, checkpointable iterator of process-local training batches.
 
   Applies ``data_cfg.num_real_tumor_cases`` to ``train_ids`` (first N tumour cases, nested in N).
@@ -214,11 +259,17 @@ def make_train_loader(data_cfg, cache_dir: str, train_ids: list[str], seed: int,
     seed: shuffling and sampling seed.
     process_index: this JAX process.
     process_count: number of JAX processes.
+    synth_cfg: config.synth, or None. Given, every sample also carries the synthesis fields below, and
+      with ``synth_cfg.mode == "reference"`` control patches are cropped by the reference's pos/neg rule
+      and their tumour sites drawn on the whole case (jaxseg/synth/placement.py); the crop rule follows the
+      mode whether synthesis is enabled or not, so real-only and real+synth arms see the same patches.
 
   Returns:
     A Grain DatasetIterator (get_state/set_state; save with grain.checkpoint.CheckpointSave) yielding
     {"image": int16 [B, X, Y, Z], "label": uint8 [B, X, Y, Z], "synth_organ": int32 [B],
-     "spacing": float32 [B, 3], "annotated": uint8 [B, num_classes]} with B = batch_size / process_count. Close it (``it.close()`` when it has
-    one) before exit when workers are used.
+     "spacing": float32 [B, 3], "annotated": uint8 [B, num_classes]} with B = batch_size / process_count, plus with ``synth_cfg``
+    "synth_centers": int32 [B, S, 3] (tumour sites in patch coordinates, possibly outside the patch) and
+    "synth_center_ok": uint8 [B, S] (zeros for non-control samples and in patch mode), S the most site slots
+    of any organ's profile. Close it (``it.close()`` when it has one) before exit when workers are used.
   """
-  return iter(make_dataset(data_cfg, cache_dir, train_ids, seed, process_index, process_count))
+  return iter(make_dataset(data_cfg, cache_dir, train_ids, seed, process_index, process_count, synth_cfg))

@@ -1,4 +1,4 @@
-"""On-device synthetic tumours (SYNTHESIS.md): organ profiles, the jittable synthesizer, batch application."""
+"""On-device synthetic tumours (docs/SYNTHESIS.md): organ profiles, the jittable synthesizer, batch application."""
 
 from jaxseg.synth.batch import apply_synthesis, synthesize
 from jaxseg.synth.profiles import default_profiles_config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxseg import labels as labels_lib
 from jaxseg.synth import spec as spec_lib
@@ -17,67 +18,112 @@ from jaxseg.synth.synthesizer import draw, render
 
 
 def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, key: jax.Array, profile,
-               size_class: str | None = None, contrast: str = "absolute") -> tuple[jax.Array, jax.Array]:
+               size_class: str | None = None, contrast: str = "absolute", mode: str | None = None,
+               min_spacing_mm: float | None = None, centers: jax.Array | None = None,
+               center_ok: jax.Array | None = None, class_index: jax.Array | None = None,
+               blocked: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Puts synthetic tumours into one HU patch.
 
   Args:
     image_hu: float32 [X, Y, Z] HU.
     organ_mask: bool [X, Y, Z].
-    spacing: float32 [3] voxel size in mm (x, y, z; z axial).
+    spacing: float32 [3] voxel size in mm (x, y, z; z axial). When concrete it is checked against
+      ``min_spacing_mm`` (a finer spacing would cut tumours: ValueError).
     key: typed jax.random key.
     profile: organ profile (a ConfigDict from profiles.py, or a spec.ProfileSpec).
     size_class: static size class; None draws one uniformly from the profile's classes.
     contrast: "absolute" (published HU drop) or "relative" (to the organ's local HU).
+    mode: "patch" or "reference" (deformation and texture statistics; see docs/SYNTHESIS.md).
+    min_spacing_mm: finest spacing the static sizes serve (default 1 mm, or the ProfileSpec's).
+    centers, center_ok: optional tumour sites in patch coordinates (placement.draw_sites); else drawn on the
+      patch's organ.
+    class_index: optional (traced) size class index into the profile's classes.
+    blocked: optional bool [X, Y, Z]: voxels a tumour must never take (other organs).
 
   Returns:
     (image_hu float32 [X, Y, Z], tumor_mask bool [X, Y, Z]). With no organ voxel the image is unchanged.
   """
-  sp = spec_lib.make_spec(profile, contrast=contrast, size_class=size_class)
-  d = draw(key, sp, tuple(image_hu.shape))
+  sp = spec_lib.make_spec(profile, contrast=contrast, size_class=size_class, mode=mode,
+                          min_spacing_mm=min_spacing_mm)
+  if not isinstance(spacing, jax.core.Tracer):
+    spec_lib.check_spacing(np.asarray(spacing), sp.min_spacing_mm)
+  d = draw(key, sp, tuple(image_hu.shape), class_index=class_index)
   out, tumor, _ = render(jnp.asarray(image_hu, jnp.float32), jnp.asarray(organ_mask, bool),
-                         jnp.asarray(spacing, jnp.float32), d, sp)
+                         jnp.asarray(spacing, jnp.float32), d, sp, centers=centers, center_ok=center_ok,
+                         blocked=None if blocked is None else jnp.asarray(blocked, bool))
   return out, tumor
 
 
-def apply_synthesis(images: jax.Array, labels: jax.Array, batch: dict, keys: jax.Array,
-                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict
-                    ) -> tuple[jax.Array, jax.Array]:
-  """Synthetic tumours on the control samples of a batch, with probability ``synth_cfg.prob`` each.
-
-  Args:
-    images: float32 [B, X, Y, Z] HU.
-    labels: int32 [B, X, Y, Z] in the label space of ``organs``.
-    batch: the loader's batch; reads ``synth_organ`` (int32 [B]: index into ``organs`` of the organ to grow
-      a tumour in, -1 to leave the sample) and ``spacing`` (float32 [B, 3] mm).
-    keys: typed key array [B].
-    organs: static tuple of organ names (config.data.organs).
-    synth_cfg: config.synth (enabled, prob, contrast, profiles).
-
-  Returns:
-    (images [B, X, Y, Z], labels [B, X, Y, Z]) with the tumours and their tumour labels.
-  """
-  organs = labels_lib.check_organs(organs)
-  if not synth_cfg.enabled:
-    return images, labels
+def organ_specs(organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict) -> list[spec_lib.ProfileSpec]:
+  """The static spec of each organ of ``organs`` under ``synth_cfg`` (mode, contrast, min spacing)."""
   contrast = str(synth_cfg.contrast)
+  mode = str(synth_cfg.mode)
+  min_spacing = float(synth_cfg.min_spacing_mm)
   profiles = synth_cfg.profiles
   specs = []
   for o in organs:
     if o not in profiles:
       raise ValueError(f"config.synth.profiles has no profile for organ {o!r}")
-    specs.append(spec_lib.make_spec(profiles[o], name=o, contrast=contrast))
+    specs.append(spec_lib.make_spec(profiles[o], name=o, contrast=contrast, mode=mode, min_spacing_mm=min_spacing))
+  return specs
+
+
+def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: jax.Array,
+                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Synthetic tumours on the control samples of a batch, with probability ``synth_cfg.prob`` each.
+
+  Args:
+    images_hu: float32 [B, X, Y, Z] HU.
+    labels: int32 [B, X, Y, Z] in the label space of ``organs``.
+    batch: the host batch dict (jaxseg/data/pipeline.py): reads "synth_organ" (int32 [B], index into
+      ``organs`` of the organ to grow a tumour in, -1 to leave the sample), "spacing" (float32 [B, 3] mm) and,
+      in reference mode, "synth_centers" (int32 [B, S, 3], patch coordinates) and "synth_center_ok"
+      (uint8 [B, S]): the sites the loader drew on the whole case.
+    keys: typed key array [B].
+    organs: static tuple of organ names (config.data.organs).
+    synth_cfg: config.synth (enabled, prob, mode, contrast, min_spacing_mm, profiles).
+
+  Returns:
+    (images [B, X, Y, Z], labels [B, X, Y, Z]) with the tumours and their tumour labels. A tumour never
+    takes a voxel labelled as another organ (or another organ's tumour).
+  """
+  organs = labels_lib.check_organs(organs)
+  if not synth_cfg.enabled:
+    return images_hu, labels
+  specs = organ_specs(organs, synth_cfg)
+  reference = str(synth_cfg.mode) == "reference"
+  if reference:
+    if "synth_centers" not in batch or "synth_center_ok" not in batch:
+      raise ValueError("config.synth.mode='reference' needs the loader's synth_centers/synth_center_ok batch "
+                       "fields: build the loader with make_train_loader(..., synth_cfg=config.synth)")
+    total = slot_count(specs)
+    if batch["synth_centers"].shape[1:] != (total, 3):
+      raise ValueError(f"batch['synth_centers'] has shape {batch['synth_centers'].shape}, expected [B, {total}, 3] "
+                       f"for config.synth profiles of {organs}")
+    centers_all, ok_all = batch["synth_centers"], batch["synth_center_ok"]
+  else:
+    centers_all = jnp.zeros((images_hu.shape[0], 1, 3), jnp.int32)
+    ok_all = jnp.zeros((images_hu.shape[0], 1), jnp.uint8)
   prob = float(synth_cfg.prob)
 
-  def one(image, label, organ_idx, sp, key):
+  def one(image, label, organ_idx, sp, key, centers, ok):
     k_fire, k_synth = jax.random.split(key)
     fire = (organ_idx >= 0) & (jax.random.uniform(k_fire) < prob)
 
     def branch(i):
       def fn(args):
         img, lab = args
-        organ = lab == labels_lib.organ_label(organs, organs[i])
+        organ_lab = labels_lib.organ_label(organs, organs[i])
+        organ = lab == organ_lab
+        blocked = (lab != 0) & ~organ
         d = draw(k_synth, specs[i], tuple(img.shape))
-        out, tumor, _ = render(img, organ, sp, d, specs[i])
+        if reference:
+          n = sum(g.slots for g in specs[i].groups)
+          out, tumor, _ = render(img, organ, sp, d, specs[i], centers=centers[:n], center_ok=ok[:n] > 0,
+                                 blocked=blocked)
+        else:
+          out, tumor, _ = render(img, organ, sp, d, specs[i], blocked=blocked)
         return out, jnp.where(tumor, labels_lib.tumor_label(organs, organs[i]), lab).astype(lab.dtype)
       return fn
 
@@ -85,4 +131,9 @@ def apply_synthesis(images: jax.Array, labels: jax.Array, batch: dict, keys: jax
     out, lab = jax.lax.switch(idx, [branch(i) for i in range(len(organs))], (image, label))
     return jnp.where(fire, out, image), jnp.where(fire, lab, label)
 
-  return jax.vmap(one)(images, labels, batch["synth_organ"], batch["spacing"], keys)
+  return jax.vmap(one)(images_hu, labels, batch["synth_organ"], batch["spacing"], keys, centers_all, ok_all)
+
+
+def slot_count(specs) -> int:
+  """Site slots the loader provides per sample: the most any organ's profile uses (static)."""
+  return max(sum(g.slots for g in sp.groups) for sp in specs)

@@ -1,4 +1,4 @@
-"""The realism figures of SYNTHESIS.md's "measured weakness" table, computed on a synthesized volume.
+"""The realism figures of docs/SYNTHESIS.md's "measured weakness" table, computed on a synthesized volume.
 
 They compare a tumour with the organ around it (shell contrast, its ratio to the shell's HU, tumour mean HU,
 edge sharpness, internal texture, size), so the absolute and relative contrast rules can be measured against

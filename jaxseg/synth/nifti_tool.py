@@ -1,8 +1,9 @@
 """Synthetic tumours on a whole CT file: NIfTI in, NIfTI + PNG montage + realism figures out.
 
 For people who want to look at the tumours: the CT is reoriented to canonical RAS (axial axis last), the
-jitted synthesizer runs on the whole volume, and the results are written back in the input's orientation
-with the input's affine.
+jitted synthesizer runs on the whole volume (in reference mode with the sites drawn on the whole organ, as
+the published generator does), and the results are written back in the input's orientation with the
+input's affine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from jaxseg.data.reading import geometry_problems
 from jaxseg.io.nifti import load_nifti, read_array
-from jaxseg.synth import figures
+from jaxseg.synth import figures, placement, spec as spec_lib
 from jaxseg.synth.batch import synthesize
 from jaxseg.synth.profiles import default_profiles_config
 
@@ -56,7 +57,7 @@ def montage(before: np.ndarray, after: np.ndarray, tumor: np.ndarray, path: str,
 
 def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, seed: int = 0,
                     size_class: str | None = None, mask_labels: tuple[int, ...] = (),
-                    contrast: str = "absolute") -> dict:
+                    contrast: str = "absolute", mode: str = "reference") -> dict:
   """Writes <out>/ct_synth.nii.gz, tumor_mask.nii.gz, montage.png and figures.json.
 
   Args:
@@ -68,6 +69,11 @@ def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, s
     size_class: fixed size class, or None to draw one.
     mask_labels: label ids of the organ in the mask file; empty: any non-zero voxel.
     contrast: "absolute" or "relative".
+    mode: "reference" (sites drawn on the whole organ by the published rule, its deformation and texture
+      statistics) or "patch" (sites drawn by the device on the volume as a patch).
+
+  The static tumour boxes are sized for the file's own finest spacing, so tumours have the same size in mm
+  at any spacing from 0.5 to 5 mm (outside that range: ValueError naming the spacing).
 
   Returns:
     A summary dict (tumour voxels, size class, figures).
@@ -92,9 +98,24 @@ def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, s
     raise ValueError(f"{mask_path}: no organ voxel (labels {mask_labels or 'non-zero'})")
   ct, ornt = _to_canonical(img, data)
   om, _ = _to_canonical(img, organ_mask)
+  # Voxels of other labelled structures (a label-map mask): a tumour never takes them.
+  blocked, _ = _to_canonical(img, (mdata > 0) & ~organ_mask if mask_labels else np.zeros_like(organ_mask))
   spacing = np.asarray(nib.affines.voxel_sizes(img.affine), np.float32)[np.argsort(ornt[:, 0])]
-  fn = jax.jit(lambda i, m, s, k: synthesize(i, m, s, k, profiles[organ], size_class=size_class, contrast=contrast))
-  out, tumor = fn(ct.astype(np.float32), om, spacing, jax.random.key(seed))
+  try:
+    spec_lib.check_spacing(spacing, float(spacing.min()))
+  except ValueError as e:
+    raise ValueError(f"{image_path}: {e}") from None
+  sp = spec_lib.make_spec(profiles[organ], name=organ, contrast=contrast, size_class=size_class, mode=mode,
+                          min_spacing_mm=float(spacing.min()))
+  if mode == "reference":
+    centres, ok = placement.draw_sites(om.astype(np.uint8), np.argwhere(om), 1, spacing, sp,
+                                       np.random.default_rng(seed))
+    fn = jax.jit(lambda i, m, s, k, b, c, o: synthesize(i, m, s, k, sp, contrast=contrast, blocked=b, centers=c,
+                                                        center_ok=o))
+    out, tumor = fn(ct.astype(np.float32), om, spacing, jax.random.key(seed), blocked, centres, ok)
+  else:
+    fn = jax.jit(lambda i, m, s, k, b: synthesize(i, m, s, k, sp, contrast=contrast, blocked=b))
+    out, tumor = fn(ct.astype(np.float32), om, spacing, jax.random.key(seed), blocked)
   out, tumor = np.asarray(out), np.asarray(tumor)
   os.makedirs(out_dir, exist_ok=True)
   hdr = img.header.copy()
@@ -103,9 +124,9 @@ def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, s
            os.path.join(out_dir, "ct_synth.nii.gz"))
   nib.save(nib.Nifti1Image(_from_canonical(tumor, ornt).astype(np.uint8), img.affine),
            os.path.join(out_dir, "tumor_mask.nii.gz"))
-  title = f"{organ} ({size_class or 'drawn size'}, {contrast} contrast, seed {seed}); red: tumour mask"
+  title = f"{organ} ({size_class or 'drawn size'}, {contrast} contrast, {mode} mode, seed {seed}); red: tumour mask"
   montage(ct, out, tumor, os.path.join(out_dir, "montage.png"), title)
-  summary = {"organ": organ, "tumor_voxels": int(tumor.sum()), "tumor_in_organ": bool((tumor <= om).all()),
+  summary = {"organ": organ, "mode": mode, "tumor_voxels": int(tumor.sum()), "tumor_in_organ": bool((tumor <= om).all()),
              "spacing_mm": [float(s) for s in spacing],
              "figures": figures.summarize(figures.tumor_figures(out, tumor, om, spacing))}
   with open(os.path.join(out_dir, "figures.json"), "w") as f:

@@ -1,6 +1,6 @@
 """Organ profiles of the tumour synthesizer, as config data (not code).
 
-SYNTHESIS.md gives the rules per organ: size classes and counts, semi-axis ranges, elastic strength, where
+docs/SYNTHESIS.md gives the rules per organ: size classes and counts, semi-axis ranges, elastic strength, where
 centres go, what the tumour is clipped to, and how the intensity changes. Keeping them as one
 ml_collections ConfigDict per organ lets a user change any of them from the command line, for example
 ``--config.synth.profiles.liver.delta=(50,120)``, without touching the synthesizer.

@@ -4,6 +4,10 @@ Written the way a CPU data worker would do it (scipy.ndimage filters and morphol
 one bounding box per tumour sized from the actual spacing), with none of the static-shape tricks of the JAX
 version. ``render_numpy`` takes the JAX draws (``synthesizer.draw``) so the two can be compared on the same
 random numbers; ``synthesize_numpy`` draws its own with a numpy Generator (the baseline the benchmark times).
+
+It shares the JAX code's spec tables and centre sampler, so agreement with it shows consistency, not
+fidelity to the published generator: that is measured against the published code's own figures by
+fidelity.py (launch/synth_fidelity.py). It implements the patch mode's smooth 3D deformation.
 """
 
 from __future__ import annotations

@@ -18,8 +18,37 @@ from jaxseg.synth.profiles import SIZE_CLASSES, SIZE_GROUPS
 CENTER_RULES = ("eroded", "wall", "organ")
 INTENSITY_RULES = ("hypodense", "replace")
 CONTRASTS = ("absolute", "relative")
-MIN_SPACING_MM = 1.0   # finest spacing the static box and morphology sizes are made for
+MODES = ("reference", "patch")
+DEFORMATIONS = ("field3d", "sequential2d")
+TEXTURE_RESCALES = ("patch", "bank")
+MIN_SPACING_MM = 1.0   # default finest spacing the static box and morphology sizes are made for
+SPACING_RANGE_MM = (0.5, 5.0)   # spacings the synthesizer is built and tested for
 MAX_DISPLACEMENT_SIGMAS = 3.0   # control-point displacements are clipped to +-3 sigma (bounded boxes)
+
+# Statistics of the published generator's texture bank (420 x 300 x 320 voxels at 1 mm, scipy
+# gaussian_filter, one texture per sigma pair; measured once by texture_bank.py, docs/SYNTHESIS.md step 4):
+# sigma_a -> (min, max, std) of the blurred uniform noise over the whole bank, and
+# (sigma_a, sigma_b) -> mean of the final blurred Bernoulli field over its voxels above 0.12, at the
+# central rescale (scale 0.2, base 0.05). "bank" rescaling uses these constants instead of the patch's own
+# min, max and mean, so a patch's texture has the bank's statistics whatever the patch size.
+BANK_NOISE = {
+    3.0: (0.446849, 0.552432, 0.00853566),
+    6.0: (0.480363, 0.520628, 0.00309251),
+    9.0: (0.487753, 0.512763, 0.00170827),
+    12.0: (0.494417, 0.505374, 0.00112408),
+    15.0: (0.495232, 0.504724, 0.00083581)}
+BANK_MEAN_ABOVE = {
+    (3.0, 4.0): 0.150629,
+    (3.0, 7.0): 0.15058,
+    (6.0, 4.0): 0.148085,
+    (6.0, 7.0): 0.147414,
+    (9.0, 4.0): 0.148755,
+    (9.0, 7.0): 0.148195,
+    (12.0, 4.0): 0.154678,
+    (12.0, 7.0): 0.153495,
+    (15.0, 4.0): 0.152658,
+    (15.0, 7.0): 0.151925}
+BANK_SCALE, BANK_BASE = 0.2, 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +95,18 @@ class ProfileSpec:
   relative_r: tuple[float, float]
   relative_noise_k: float
   contrast: str = "absolute"
+  min_spacing_mm: float = MIN_SPACING_MM   # static sizes (boxes, morphology) are made for this spacing
+  deformation: str = "field3d"             # "field3d" (one smooth 3D field) | "sequential2d" (reference)
+  texture_rescale: str = "patch"           # "patch" (per-patch min-max and mean) | "bank" (reference)
+
+  def half_extent_mm(self, group: "GroupSpec") -> float:
+    """Largest distance from the centre a tumour of ``group`` can reach, in mm.
+
+    Sequential 2D passes displace every axis twice (two of the three passes touch it), so the bound on
+    the displacement doubles.
+    """
+    passes = 2.0 if self.deformation == "sequential2d" else 1.0
+    return group.radius_mm * group.axis_factor[1] + passes * MAX_DISPLACEMENT_SIGMAS * group.sigma_mm[1]
 
   def class_index(self, size_class: str) -> int:
     if size_class not in self.classes:
@@ -80,8 +121,47 @@ def _pair(v: Any, what: str) -> tuple[float, float]:
   return v
 
 
+def check_min_spacing(min_spacing_mm: float, field: str = "config.synth.min_spacing_mm") -> float:
+  lo, hi = SPACING_RANGE_MM
+  v = float(min_spacing_mm)
+  if not lo <= v <= hi:
+    raise ValueError(f"{field}={v} mm is outside the supported {lo}-{hi} mm")
+  return v
+
+
+def check_spacing(spacing, min_spacing_mm: float, where: str = "spacing") -> None:
+  """Host check: a spacing finer than the static sizes were made for would silently cut tumours."""
+  sp = np.asarray(spacing, np.float64).reshape(-1)
+  lo, hi = SPACING_RANGE_MM
+  if sp.min() < min_spacing_mm - 1e-6:
+    raise ValueError(f"{where}: spacing {tuple(round(float(x), 3) for x in sp)} mm is finer than "
+                     f"config.synth.min_spacing_mm={min_spacing_mm} (set it to <= {sp.min():.3g})")
+  if sp.max() > hi + 1e-6 or sp.min() < lo - 1e-6:
+    raise ValueError(f"{where}: spacing {tuple(round(float(x), 3) for x in sp)} mm is outside the "
+                     f"synthesizer's supported {lo}-{hi} mm")
+
+
+def mode_settings(mode: str) -> dict:
+  """What a synthesis mode changes in the spec (placement itself is the loader's; see docs/SYNTHESIS.md)."""
+  if mode not in MODES:
+    raise ValueError(f"config.synth.mode must be one of {MODES}, got {mode!r}")
+  if mode == "reference":
+    return dict(deformation="sequential2d", texture_rescale="bank")
+  return dict(deformation="field3d", texture_rescale="patch")
+
+
+def bank_constants(sigma_a_mm: float, sigma_b_mm: float) -> tuple[float, float, float, float]:
+  """(min, max, std, mean_above) of the reference bank for one sigma pair; ValueError if not measured."""
+  if sigma_a_mm not in BANK_NOISE or (sigma_a_mm, sigma_b_mm) not in BANK_MEAN_ABOVE:
+    raise ValueError(f"synth profile texture_sigma_a_mm/texture_sigma_b_mm: no reference-bank constants for "
+                     f"({sigma_a_mm}, {sigma_b_mm}); measured: {sorted(BANK_MEAN_ABOVE)} (use mode 'patch')")
+  lo, hi, std = BANK_NOISE[sigma_a_mm]
+  return lo, hi, std, BANK_MEAN_ABOVE[(sigma_a_mm, sigma_b_mm)]
+
+
 def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
-              size_class: str | None = None) -> ProfileSpec:
+              size_class: str | None = None, mode: str | None = None,
+              min_spacing_mm: float | None = None) -> ProfileSpec:
   """Builds the static spec of ``profile`` (a ConfigDict or ProfileSpec).
 
   Args:
@@ -89,12 +169,21 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
     name: organ name for error messages.
     contrast: "absolute" or "relative" (config.synth.contrast).
     size_class: if given, only this class is drawn and groups it does not use get no slots (faster).
+    mode: "patch" or "reference" (config.synth.mode): the deformation and texture rescale it implies;
+      None keeps a ProfileSpec's own (a ConfigDict gets "patch").
+    min_spacing_mm: finest spacing the static sizes must serve (config.synth.min_spacing_mm); None keeps a
+      ProfileSpec's own (a ConfigDict gets 1 mm).
 
   Returns:
     The ProfileSpec.
   """
+  extra = {}
+  if mode is not None or not isinstance(profile, ProfileSpec):
+    extra.update(mode_settings(mode or "patch"))
+  if min_spacing_mm is not None or not isinstance(profile, ProfileSpec):
+    extra["min_spacing_mm"] = check_min_spacing(MIN_SPACING_MM if min_spacing_mm is None else min_spacing_mm)
   if isinstance(profile, ProfileSpec):
-    spec = dataclasses.replace(profile, contrast=contrast)
+    spec = dataclasses.replace(profile, contrast=contrast, **extra)
     if size_class is None:
       return spec
     profile, name = None, spec.name
@@ -142,7 +231,7 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
     raise ValueError(f"synth profile {name}: center_rule must be one of {CENTER_RULES}, got {p.center_rule!r}")
   if p.intensity not in INTENSITY_RULES:
     raise ValueError(f"synth profile {name}: intensity must be one of {INTENSITY_RULES}, got {p.intensity!r}")
-  return ProfileSpec(
+  spec = ProfileSpec(
       name=name, classes=classes, groups=tuple(groups), center_rule=str(p.center_rule),
       axial_ranges=tuple(_pair(r, "axial_ranges") for r in p.axial_ranges), erosion_mm=float(p.erosion_mm),
       large_at_box_center=bool(p.large_at_box_center), clip_margin_mm=float(p.clip_margin_mm),
@@ -153,26 +242,35 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
       texture_sigma_b_mm=tuple(float(s) for s in p.texture_sigma_b_mm),
       texture_scale=_pair(p.texture_scale, "texture_scale"), texture_base=_pair(p.texture_base, "texture_base"),
       texture_u0=_pair(p.texture_u0, "texture_u0"), texture_threshold=float(p.texture_threshold),
-      relative_r=_pair(p.relative_r, "relative_r"), relative_noise_k=float(p.relative_noise_k), contrast=contrast)
+      relative_r=_pair(p.relative_r, "relative_r"), relative_noise_k=float(p.relative_noise_k), contrast=contrast,
+      **extra)
+  if spec.texture_rescale == "bank":
+    for sa in spec.texture_sigma_a_mm:
+      for sb in spec.texture_sigma_b_mm:
+        bank_constants(sa, sb)
+  return spec
 
 
-def box_size(group: GroupSpec, n: int) -> int:
+def box_size(group: GroupSpec, n: int, spec: ProfileSpec | None = None) -> int:
   """Static side (voxels) of the box a tumour of ``group`` fits in at the finest supported spacing."""
-  half = int(math.ceil(group.half_extent_mm() / MIN_SPACING_MM)) + 1
+  ext = spec.half_extent_mm(group) if spec is not None else group.half_extent_mm()
+  ms = spec.min_spacing_mm if spec is not None else MIN_SPACING_MM
+  half = int(math.ceil(ext / ms)) + 1
   return min(n, 2 * half + 1)
 
 
-def coarse_step(group: GroupSpec) -> int:
+def coarse_step(group: GroupSpec, spec: ProfileSpec | None = None) -> int:
   """Static grid step (voxels) at which a group evaluated over the whole patch is sampled.
 
   The shape is evaluated as sqrt of the ellipsoid function, which is distance-like, so linear
   interpolation moves the boundary by about step^2 / (8 * semi-axis) voxels: below 0.2 voxel here at 1 mm.
   """
-  smallest_axis_vox = group.radius_mm * group.axis_factor[0] / MIN_SPACING_MM
+  ms = spec.min_spacing_mm if spec is not None else MIN_SPACING_MM
+  smallest_axis_vox = group.radius_mm * group.axis_factor[0] / ms
   return int(np.clip(smallest_axis_vox // 6, 1, 4))
 
 
-def use_box(group: GroupSpec, shape: tuple[int, ...]) -> bool:
-  """Small tumours are evaluated in their own box; big ones over the whole patch on a coarse grid."""
-  vol = np.prod([box_size(group, n) for n in shape])
+def use_box(group: GroupSpec, shape: tuple[int, ...], spec: ProfileSpec | None = None) -> bool:
+  """Small tumours are evaluated in their own box; big ones over the whole patch (on a coarse grid)."""
+  vol = np.prod([box_size(group, n, spec) for n in shape])
   return bool(vol * 8 <= np.prod(shape))

@@ -22,6 +22,7 @@ import ml_collections
 from jaxseg import labels as labels_lib
 from jaxseg.registry import Registry
 from jaxseg.synth.batch import apply_synthesis
+from jaxseg.synth.config import check_synth_config
 
 
 class Synthesizer(Protocol):
@@ -66,13 +67,13 @@ class NoSynthesizer:
 
 @dataclasses.dataclass(frozen=True)
 class SynthesizerEntry:
-  """``build(organs, synth_cfg)`` makes the synthesizer; ``check(synth_cfg)`` raises ValueError on a bad field."""
+  """``build(organs, synth_cfg)`` makes the synthesizer; ``check(config)`` raises ValueError on a bad field."""
   build: Callable[[tuple[str, ...], ml_collections.ConfigDict], Synthesizer]
-  check: Callable[[ml_collections.ConfigDict], None] = lambda cfg: None
+  check: Callable[[ml_collections.ConfigDict], None] = lambda config: None
 
 
 SYNTHESIZERS: Registry[SynthesizerEntry] = Registry("synth.name")
-SYNTHESIZERS.register("rule_based", SynthesizerEntry(build=RuleBasedSynthesizer))
+SYNTHESIZERS.register("rule_based", SynthesizerEntry(build=RuleBasedSynthesizer, check=check_synth_config))
 
 
 def build_synthesizer(config: ml_collections.ConfigDict) -> Synthesizer:
@@ -93,4 +94,4 @@ def check_synthesizer_config(config: ml_collections.ConfigDict) -> None:
   for organ in config.data.organs:
     if organ not in config.synth.profiles:
       raise ValueError(f"synth.profiles: no profile for organ {organ!r} of data.organs")
-  entry.check(config.synth)
+  entry.check(config)

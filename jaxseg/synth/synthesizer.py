@@ -6,6 +6,12 @@ It is split in two so the numpy reference can be checked against it on identical
 each size group has a fixed number of slots with an active mask; small tumours are evaluated in a static
 box, large ones over the whole patch on a coarse grid (their shape function is smooth), textures are
 generated on a grid twice as coarse and blurred straight back to full resolution.
+
+The spec's mode decides the statistics (docs/SYNTHESIS.md, "Placement modes"): "reference" deforms with the
+published generator's three sequential 2D passes and order-0 lookups, evaluated per voxel, and rescales
+the texture with the published bank's fixed constants (texture_bank.py); "patch" uses one smooth 3D field
+and rescales the texture over the patch. In reference mode the tumour sites come from the loader, drawn on
+the whole case (placement.py); ``render`` then draws only the tumours whose reach meets the patch.
 """
 
 from __future__ import annotations
@@ -27,14 +33,21 @@ def texture_factor(shape: tuple[int, ...]) -> int:
   return 2 if all(n % 2 == 0 for n in shape) else 1
 
 
-def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str, Any]:
-  """Every random choice of one synthesis, as a dict of arrays (see ``render``)."""
+def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...], class_index: jax.Array | None = None
+         ) -> dict[str, Any]:
+  """Every random choice of one synthesis, as a dict of arrays (see ``render``).
+
+  ``class_index`` (optional, may be traced) fixes the size class without changing the slot layout, so one
+  compiled program serves every class (the fidelity measurement); the other draws do not change.
+  """
   counter = iter(range(1 << 20))
   keys = iter(lambda: jax.random.fold_in(key, next(counter)), None)
   u = lambda shp=(): jax.random.uniform(next(keys), shp)
   urange = lambda lohi, shp=(): lohi[0] + (lohi[1] - lohi[0]) * u(shp)
   d: dict[str, Any] = {}
   d["class_index"] = jax.random.randint(next(keys), (), 0, len(spec.classes))
+  if class_index is not None:
+    d["class_index"] = jnp.asarray(class_index, jnp.int32)
   d["groups"] = []
   for g in spec.groups:
     lo = jnp.asarray(g.count_lo)[d["class_index"]]
@@ -56,10 +69,10 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str,
   coarse = tuple(n // f for n in shape)
   words = jax.random.bits(next(keys), coarse + (max(f ** 3 // 4, 1),), jnp.uint32)
   d["bits_b"] = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(coarse + (-1,))[..., :f ** 3]
-  d["sigma_a_mm"] = jnp.asarray(spec.texture_sigma_a_mm)[
-      jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_a_mm))]
-  d["sigma_b_mm"] = jnp.asarray(spec.texture_sigma_b_mm)[
-      jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_b_mm))]
+  d["sigma_a_index"] = jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_a_mm))
+  d["sigma_b_index"] = jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_b_mm))
+  d["sigma_a_mm"] = jnp.asarray(spec.texture_sigma_a_mm)[d["sigma_a_index"]]
+  d["sigma_b_mm"] = jnp.asarray(spec.texture_sigma_b_mm)[d["sigma_b_index"]]
   d["scale"] = urange(spec.texture_scale)
   d["base"] = urange(spec.texture_base)
   d["u0"] = urange(spec.texture_u0)
@@ -72,7 +85,7 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str,
 
 def _candidate_levels(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -> list[jax.Array]:
   """Centre candidates in order of preference (axial ranges, then the whole organ)."""
-  rmax_mm = spec.erosion_mm / spec_lib.MIN_SPACING_MM
+  rmax_mm = spec.erosion_mm / spec.min_spacing_mm
   rmax = (int(np.ceil(rmax_mm)), int(np.ceil(rmax_mm)), 0)
   radius = jnp.round(spec.erosion_mm / spacing).astype(jnp.int32) * jnp.array([1, 1, 0])
   eroded = ops.box_morphology(organ, radius, rmax, erode=True)
@@ -160,16 +173,75 @@ def shape_function(grids: list[jax.Array], center: jax.Array, axes_mm: jax.Array
   return jnp.sqrt(f)
 
 
+# The reference's three 2D passes, in the order they are applied to the ellipsoid: axes (0, 1), then (1, 2),
+# then (0, 2). A voxel of the result is looked up backwards: through the last pass first.
+_PASSES = ((0, 1), (1, 2), (0, 2))
+
+
+def shape_function_sequential(grids: list[jax.Array], center: jax.Array, axes_mm: jax.Array,
+                              ctrl_mm: jax.Array, radius_mm: float, spacing: jax.Array) -> jax.Array:
+  """The reference's deformation: three sequential 2D elastic passes with nearest-voxel (order 0) lookup.
+
+  Each pass displaces two axes by a field interpolated from a 3 x 3 grid of control displacements spanning
+  the tumour's box (4R per side); every voxel of the output takes the value of the voxel it is displaced
+  to, rounded to the grid (order 0). Two of the three passes move each axis, so an axis moves by about
+  sqrt(2) sigma, and the rounding in each pass leaves the jagged outline the sphericity figure sees.
+
+  Args:
+    grids: three float32 vectors of voxel coordinates (x, y, z).
+    center: float32 [3] voxel centre (integer valued).
+    axes_mm: [3] semi-axes in mm.
+    ctrl_mm: [3 (pass), 2 (component), 3, 3] control displacements in mm.
+    radius_mm: the class's base radius R.
+    spacing: [3] mm.
+
+  Returns:
+    [len(gx), len(gy), len(gz)]: sqrt of the ellipsoid function at the looked-up voxel (< 1 inside).
+  """
+  shp = (grids[0].shape[0], grids[1].shape[0], grids[2].shape[0])
+  q = [jnp.broadcast_to((grids[a] - center[a]).reshape([-1 if b == a else 1 for b in range(3)]), shp)
+       for a in range(3)]                                                             # voxels, integer valued
+  def weights(t):   # the three quadratic Lagrange weights, as separate arrays (elementwise: fuses well)
+    return (0.5 * t * (t - 1.0), 1.0 - t * t, 0.5 * t * (t + 1.0))
+
+  for p in reversed(range(3)):
+    a, b = _PASSES[p]
+    wa = weights(jnp.clip(q[a] * spacing[a] / (2.0 * radius_mm), -1.0, 1.0))
+    wb = weights(jnp.clip(q[b] * spacing[b] / (2.0 * radius_mm), -1.0, 1.0))
+    da = sum(wa[i] * sum(wb[j] * ctrl_mm[p, 0, i, j] for j in range(3)) for i in range(3))
+    db = sum(wa[i] * sum(wb[j] * ctrl_mm[p, 1, i, j] for j in range(3)) for i in range(3))
+    q[a], q[b] = jnp.round(q[a] + da / spacing[a]), jnp.round(q[b] + db / spacing[b])
+  f = sum(jnp.square(q[a] * spacing[a] / axes_mm[a]) for a in range(3))
+  return jnp.sqrt(f)
+
+
+def _slot_function(spec: ProfileSpec, grids, center, axes, dd, radius_mm, spacing):
+  if spec.deformation == "sequential2d":
+    # dd: [3, 3, 3, 3] control displacements (81 independent normals); pass p uses dd[p, :2]: 2 x 3 x 3.
+    return shape_function_sequential(grids, center, axes, dd[:, :2], radius_mm, spacing)
+  return shape_function(grids, center, axes, dd, radius_mm, spacing)
+
+
 def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tuple[int, ...],
                   spec: ProfileSpec) -> tuple[jax.Array, jax.Array | None]:
-  """Union shape function of one size group over the patch: (clipped-kind, exophytic-kind or None)."""
+  """Union shape function of one size group over the patch: (clipped-kind, exophytic-kind or None).
+
+  ``centers`` may lie outside the patch (reference placement): the box is clamped into the patch but the
+  shape is evaluated at true coordinates, so a tumour cut by the border is cut, and one whose box misses
+  the patch leaves nothing.
+  """
   disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
+  # Only tumours whose reach meets the patch are rendered (sites outside it come from the whole case).
+  reach_vox = spec.half_extent_mm(g) / spacing
+  nearest = jnp.clip(centers, 0, jnp.asarray(shape) - 1)
+  meets = jnp.all(jnp.abs(centers - nearest) <= reach_vox + 1.0, axis=-1)
+  gd = dict(gd, active=gd["active"] & meets)
   want_free = g.exophytic and spec.exophytic_prob > 0
   acc = jnp.full(shape, _FAR, jnp.float32)
   acc_free = jnp.full(shape, _FAR, jnp.float32) if want_free else None
-  if spec_lib.use_box(g, shape):
+  if spec_lib.use_box(g, shape, spec):
     # One slot at a time in a scan (small HLO, fast compile); each writes the min into its box.
-    sizes = [spec_lib.box_size(g, n) for n in shape]
+    sizes = [spec_lib.box_size(g, n, spec) for n in shape]
     half = jnp.asarray([b // 2 for b in sizes])
     hi = jnp.asarray([n - b for n, b in zip(shape, sizes)])
 
@@ -177,8 +249,10 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
       center, axes, dd, active, free = xs
       start = jnp.clip(center - half, 0, hi)
       grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
-      q = shape_function(grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing)
-      q = jnp.where(active, jnp.minimum(q, _FAR), _FAR)
+      # An inactive slot costs nothing where the call is not vmapped (cond; under vmap it is a select).
+      q = jax.lax.cond(active, lambda: jnp.minimum(
+          _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
+          lambda: jnp.full(tuple(sizes), _FAR, jnp.float32))
       out = []
       for i, target in enumerate(carry):
         qq = jnp.where(free == (i == 1), q, _FAR) if want_free else q
@@ -189,7 +263,23 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
     init = (acc, acc_free) if want_free else (acc,)
     res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
     return res[0], (res[1] if want_free else None)
-  step = spec_lib.coarse_step(g)
+  if spec.deformation == "sequential2d":
+    # Order-0 lookups are not smooth: evaluate at full resolution over the patch, one slot at a time.
+    grids = [jnp.arange(n, dtype=jnp.float32) for n in shape]
+
+    def body(carry, xs):
+      center, axes, dd, active, free = xs
+      q = jax.lax.cond(active, lambda: jnp.minimum(
+          _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
+          lambda: jnp.full(shape, _FAR, jnp.float32))
+      if want_free:
+        return (jnp.minimum(carry[0], jnp.where(free, _FAR, q)), jnp.minimum(carry[1], jnp.where(free, q, _FAR))), None
+      return (jnp.minimum(carry[0], q),), None
+
+    init = (acc, acc_free) if want_free else (acc,)
+    res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
+    return res[0], (res[1] if want_free else None)
+  step = spec_lib.coarse_step(g, spec)
   ups = [jnp.asarray(ops.linear_upsample_matrix(n, step)) for n in shape]
   grids = [step * jnp.arange(u.shape[1], dtype=jnp.float32) for u in ups]
   qs = jax.vmap(lambda c, ax, dd: shape_function(grids, c, ax, dd, g.radius_mm, spacing))(
@@ -203,7 +293,7 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
 
 
 def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: ProfileSpec) -> jax.Array:
-  """Texture in [0, 1] over the patch (SYNTHESIS.md step 4), generated per sample.
+  """Texture in [0, 1] over the patch (docs/SYNTHESIS.md, step 4), generated per sample.
 
   Steps a-c run on the grid ``f`` times coarser: the blurred noise is smooth (sigma_a >= 3 mm), so each
   coarse voxel's Bernoulli probability holds for its f^3 fine voxels and their f^3 Bernoulli draws are
@@ -213,14 +303,35 @@ def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: Prof
   f = texture_factor(shape)
   coarse_pos = [f * jnp.arange(n // f, dtype=jnp.float32) + 0.5 * (f - 1) for n in shape]
   sig_a = d["sigma_a_mm"] / spacing
-  a = ops.apply_separable(d["noise_a"], *[ops.gaussian_matrix(p, p, sig_a[i]) for i, p in enumerate(coarse_pos)])
-  a = (a - jnp.min(a)) / jnp.maximum(jnp.max(a) - jnp.min(a), 1e-6)
+  mats = [ops.gaussian_matrix(p, p, sig_a[i]) for i, p in enumerate(coarse_pos)]
+  a = ops.apply_separable(d["noise_a"], *mats)
+  bank = spec.texture_rescale == "bank"
+  if bank:
+    # The reference rescales over its whole bank: map this field onto the bank's distribution (same
+    # z-score), then use the bank's fixed min and max. The field's std follows from the blur weights (a
+    # middle row per axis: sum of squared weights) and the uniform noise's variance 1/12.
+    consts = [spec_lib.bank_constants(sa, sb) for sa in spec.texture_sigma_a_mm for sb in spec.texture_sigma_b_mm]
+    nb = len(spec.texture_sigma_b_mm)
+    table = jnp.asarray(consts, jnp.float32)[d["sigma_a_index"] * nb + d["sigma_b_index"]]
+    lo, hi, std_bank, mean_above_bank = table[0], table[1], table[2], table[3]
+    var = jnp.float32(1.0 / 12.0)
+    for m in mats:
+      var = var * jnp.sum(jnp.square(m[m.shape[0] // 2]))
+    a = 0.5 + (a - 0.5) * std_bank / jnp.sqrt(var)
+    a = jnp.clip((a - lo) / (hi - lo), 0.0, 1.0)
+  else:
+    a = (a - jnp.min(a)) / jnp.maximum(jnp.max(a) - jnp.min(a), 1e-6)
   p = d["scale"] * a + d["base"]
   hits = (d["bits_b"].astype(jnp.float32) + 0.5) < (p * 256.0)[..., None]
   bern = jnp.mean(hits.astype(jnp.float32), axis=-1)
   b = ops.coarse_to_fine_blur(bern, f, d["sigma_b_mm"] / spacing, shape)
-  above = b > spec.texture_threshold
-  mean_above = jnp.sum(jnp.where(above, b, 0.0)) / jnp.maximum(jnp.sum(above), 1)
+  if bank:
+    # The bank's mean above the threshold, measured at the central rescale, moved with this draw's
+    # rescale (the field's mean is about scale / 2 + base).
+    mean_above = mean_above_bank * (0.5 * d["scale"] + d["base"]) / (0.5 * spec_lib.BANK_SCALE + spec_lib.BANK_BASE)
+  else:
+    above = b > spec.texture_threshold
+    mean_above = jnp.sum(jnp.where(above, b, 0.0)) / jnp.maximum(jnp.sum(above), 1)
   beta = d["u0"] / jnp.maximum(mean_above, 1e-6)
   return jnp.clip(b * beta, 0.0, 1.0)
 
@@ -230,12 +341,30 @@ def _masked_mean(v, m, default):
   return jnp.where(n > 0, jnp.sum(jnp.where(m, v, 0.0)) / jnp.maximum(n, 1), default)
 
 
-def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec: ProfileSpec
-           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-  """Deterministic part: draws -> (new image [X, Y, Z], tumour mask [X, Y, Z], intermediates)."""
+def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec: ProfileSpec,
+           centers: jax.Array | None = None, center_ok: jax.Array | None = None,
+           blocked: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """Deterministic part: draws -> (new image [X, Y, Z], tumour mask [X, Y, Z], intermediates).
+
+  Args:
+    image, organ, spacing, d, spec: the patch, its organ mask, voxel size (mm), draws and profile.
+    centers: optional int32 [S, 3] tumour centres in patch coordinates (may lie outside the patch), S the
+      total slots of ``spec.groups`` in order: reference placement, drawn on the whole case by the loader.
+      None: centres are drawn on the patch's own organ (patch placement).
+    center_ok: bool [S] with ``centers``: slots that got a centre.
+    blocked: optional bool [X, Y, Z]: voxels a tumour must never take (another organ's label), removed
+      before the soft edge so image and label agree.
+  """
   shape = image.shape
   spacing = spacing.astype(jnp.float32)
-  cand = _pick_candidates(organ, spacing, spec)
+  if centers is not None:
+    total = sum(g.slots for g in spec.groups)
+    if centers.shape != (total, 3) or center_ok is None or center_ok.shape != (total,):
+      raise ValueError(f"synth centres: expected [{total}, 3] centres and [{total}] flags for profile "
+                       f"{spec.name}, got {centers.shape} and {None if center_ok is None else center_ok.shape}")
+    cand = organ
+  else:
+    cand = _pick_candidates(organ, spacing, spec)
   coords = [jnp.arange(n, dtype=jnp.float32) for n in shape]
   box_center = []
   for a in range(3):
@@ -246,18 +375,25 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   q = jnp.full(shape, _FAR, jnp.float32)
   q_free = None
   centers_out = []
+  offset = 0
   for g, gd in zip(spec.groups, d["groups"]):
-    centers, _ = sample_voxels(cand, gd["center_u"])
-    if spec.large_at_box_center and g.name == "large":
-      centers = jnp.broadcast_to(box_center, centers.shape)
-    gd = dict(gd, active=gd["active"] & organ_any)
-    centers_out.append(jnp.where(gd["active"][:, None], centers, -1))
-    gq, gq_free = _group_fields(g, gd, centers, spacing, shape, spec)
+    if centers is not None:
+      # Reference placement: the loader chose the sites on the whole case (large-at-box-centre included).
+      gc = centers[offset:offset + g.slots].astype(jnp.int32)
+      gd = dict(gd, active=gd["active"] & center_ok[offset:offset + g.slots].astype(bool))
+      offset += g.slots
+    else:
+      gc, _ = sample_voxels(cand, gd["center_u"])
+      if spec.large_at_box_center and g.name == "large":
+        gc = jnp.broadcast_to(box_center, gc.shape)
+      gd = dict(gd, active=gd["active"] & organ_any)
+    centers_out.append(jnp.where(gd["active"][:, None], gc, -1))
+    gq, gq_free = _group_fields(g, gd, gc, spacing, shape, spec)
     q = jnp.minimum(q, gq)
     if gq_free is not None:
       q_free = gq_free if q_free is None else jnp.minimum(q_free, gq_free)
   if spec.clip_margin_mm > 0:
-    r = int(np.ceil(spec.clip_margin_mm / spec_lib.MIN_SPACING_MM))
+    r = int(np.ceil(spec.clip_margin_mm / spec.min_spacing_mm))
     radius = jnp.round(spec.clip_margin_mm / spacing).astype(jnp.int32)
     allowed = ops.box_morphology(organ, radius, (r, r, r), erode=False)
   else:
@@ -265,7 +401,11 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   tumor = (q <= 1.0) & allowed
   free = (q_free <= 1.0) if q_free is not None else None
   if free is not None:
+    if blocked is not None:
+      free = free & ~blocked
     tumor = tumor | free
+  if blocked is not None:
+    tumor = tumor & ~blocked
   texture = make_texture(d, spacing, shape, spec)
   sig_e = d["edge_sigma_mm"] / spacing
   edge = ops.gaussian_blur(tumor.astype(jnp.float32), sig_e)

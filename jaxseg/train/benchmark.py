@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxseg import assembly, labels as labels_lib, parallel
 from jaxseg.config_checks import resolve_config
+from jaxseg.synth.placement import sites_for_patches
 from jaxseg.train import state as state_lib
 
 
@@ -38,8 +39,9 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: in
   label[1::2, tumour] = labels_lib.tumor_label(organs, organs[0])  # Odd samples: real tumour cases.
   image[1::2, tumour] -= 60.0
   synth_organ = np.where(np.arange(batch_size) % 2 == 0, 0, -1).astype(np.int32)
-  return {"image": image.astype(np.int16), "label": label, "synth_organ": synth_organ,
-          "spacing": np.tile(np.asarray(config.data.spacing, np.float32), (batch_size, 1))}
+  batch = {"image": image.astype(np.int16), "label": label, "synth_organ": synth_organ,
+           "spacing": np.tile(np.asarray(config.data.spacing, np.float32), (batch_size, 1))}
+  return {**batch, **sites_for_patches(label, synth_organ, batch["spacing"], organs, config.synth, seed)}
 
 
 def _peak_memory_bytes() -> int:

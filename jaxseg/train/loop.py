@@ -129,7 +129,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
   # Control cases are drawn the same way whether synthesis is on or off: with it off they are negatives,
   # so the real-only and real+synth arms of a study see the same cases in the same order.
   loader = make_train_loader(config.data, cache_dir, train_ids, seed=config.seed,
-                             process_index=jax.process_index(), process_count=jax.process_count())
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             synth_cfg=config.synth)
   data_iter = iter(loader)
 
   run = assembly.assemble(config, mesh)
