@@ -65,7 +65,7 @@ def assemble(config: ml_collections.ConfigDict, mesh: Mesh, num_steps: int | Non
   num_classes = labels_lib.num_classes(tuple(config.data.organs))
   optimizer, schedule = make_optimizer(config.optim, max(int(num_steps or config.train.num_steps), 1))
   return Run(config=config, mesh=mesh, model=model_of(config), optimizer=optimizer, schedule=schedule,
-             synthesizer=build_synthesizer(config), num_classes=num_classes)
+             synthesizer=build_synthesizer(config, mesh), num_classes=num_classes)
 
 
 def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh):

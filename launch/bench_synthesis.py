@@ -23,12 +23,19 @@ _BATCH = flags.DEFINE_integer("batch", 1, "Patches per jitted call (vmap).")
 _SPACING = flags.DEFINE_float("spacing", 1.0, "Isotropic voxel spacing in mm.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed jitted calls (median reported).")
 _NUMPY_REPEATS = flags.DEFINE_integer("numpy_repeats", 5, "Timed numpy calls (median reported).")
+_ORGAN_SETS = flags.DEFINE_list("organ_count", [], "Instead: time one batch of --batch samples (--fire of them "
+                                 "firing) for each organ tuple, e.g. liver,liver+kidney,liver+kidney+pancreas.")
+_FIRE = flags.DEFINE_integer("fire", 1, "With --organ_count: samples of the batch that get a tumour.")
 _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference"], "Synthesis mode (docs/SYNTHESIS.md).")
 
 
 def main(argv):
   del argv
   try:
+    if _ORGAN_SETS.value:
+      sets = [tuple(s.split("+")) for s in _ORGAN_SETS.value]
+      print(json.dumps(bench.benchmark_organ_count(sets, _PATCH.value, _BATCH.value, _FIRE.value, _REPEATS.value)))
+      return
     result = bench.benchmark(_ORGAN.value, _SIZE.value, _PATCH.value, _BATCH.value, _SPACING.value,
                              _REPEATS.value, _NUMPY_REPEATS.value, mode=_MODE.value)
   except ValueError as e:

@@ -69,6 +69,7 @@ def test_real_ct_preprocess_and_liver_patches(tmp_path):
   assert 40 < liver_hu < 200, liver_hu
   cfg = ml_collections.ConfigDict(dict(organs=ORGANS, patch_size=(32, 32, 16), batch_size=4, fg_oversample=0.33,
                                        synth_fraction=1.0, num_real_tumor_cases=-1, split_seed=0, num_workers=0,
+                                       organ_centred=0.0,
                                        prefetch=2))
   it = make_train_loader(cfg, dst, ["real"], seed=0)
   n_liver = 0

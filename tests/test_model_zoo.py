@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxseg import models
-from jaxseg.models import registry
+from jaxseg.models import downsampling_factor, registry
 from jaxseg.models.conv import Conv3D
 from jaxseg.models.mednext import MedNeXt
 from jaxseg.models.segresnet_ds import SegResNetDS
@@ -32,7 +32,8 @@ def _cfg(name, ds=False, **fields):
 
 def _abstract_params(cfg, k=3):
   model = models.build_model(cfg, k)
-  return model, jax.eval_shape(lambda key: state_lib.init_params(model, cfg, key), jax.random.key(0))
+  side = downsampling_factor(cfg)
+  return model, jax.eval_shape(lambda key: state_lib.init_params(model, side, key), jax.random.key(0))
 
 
 @pytest.mark.parametrize("cfg,reference", [
@@ -214,7 +215,7 @@ def test_register_a_model_and_train_it(monkeypatch):
   cfg = _cfg("toy")
   model = models.build_model(cfg, 3)
   assert "toy" in registry.names() and models.downsampling_factor(cfg) == 1
-  params = state_lib.init_params(model, cfg, jax.random.key(0))
+  params = state_lib.init_params(model, downsampling_factor(cfg), jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (2, 4, 4, 4, 1))
   labels = (x[..., 0] > 0).astype(jnp.int32) * 2
 

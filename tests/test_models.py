@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxseg.models import build_model
+from jaxseg.models import build_model, downsampling_factor
 from jaxseg.train import state as state_lib
 
 
@@ -47,7 +47,7 @@ def _expected_params(features, blocks, k, in_ch=1):
 def test_param_count_and_shapes(features, blocks, k, pinned):
   cfg = _cfg(features, blocks)
   model = build_model(cfg, k)
-  params = state_lib.init_params(model, cfg, jax.random.key(0))
+  params = state_lib.init_params(model, downsampling_factor(cfg), jax.random.key(0))
   n = state_lib.count_params(params)
   assert n == _expected_params(features, blocks, k)
   assert n == pinned
@@ -64,7 +64,7 @@ def test_depth_folded_matches_native():
   cfg = _cfg((4, 8, 16), (1, 1, 1))
   native = build_model(cfg, 3)
   folded = build_model(_cfg((4, 8, 16), (1, 1, 1), conv="depth_folded"), 3)
-  params = state_lib.init_params(native, cfg, jax.random.key(1))
+  params = state_lib.init_params(native, downsampling_factor(cfg), jax.random.key(1))
   x = jax.random.normal(jax.random.key(2), (1, 16, 12, 8, 1))
   a = native.apply({"params": params}, x)
   b = folded.apply({"params": params}, x)
@@ -74,7 +74,7 @@ def test_depth_folded_matches_native():
 def test_bfloat16_compute_keeps_float32_params():
   cfg = _cfg((4, 8), (1, 1), dtype="bfloat16")
   model = build_model(cfg, 3)
-  params = state_lib.init_params(model, cfg, jax.random.key(0))
+  params = state_lib.init_params(model, downsampling_factor(cfg), jax.random.key(0))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   y = model.apply({"params": params}, jnp.ones((1, 8, 8, 8, 1)))
   assert y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()

@@ -51,6 +51,7 @@ def cache_dir(tmp_path_factory):
 def _cfg(**kw):
   c = ml_collections.ConfigDict(dict(organs=ORGANS, patch_size=(16, 16, 16), batch_size=4, fg_oversample=0.33,
                                      synth_fraction=0.5, num_real_tumor_cases=-1, split_seed=0, num_workers=0,
+                                     organ_centred=0.0,
                                      prefetch=2))
   c.update(kw)
   return c

@@ -264,3 +264,51 @@ def test_relative_contrast_fixes_the_measured_weakness(tmp_path):
   # median contrast ratio: real metastases 0.26; the absolute rule about 0.7 here.
   assert abs(figs["relative"]["contrast_ratio"][0] - 0.26) < abs(figs["absolute"]["contrast_ratio"][0] - 0.26)
   assert figs["relative"]["tumor_mean_hu"][0] > figs["absolute"]["tumor_mean_hu"][0]
+
+
+def test_several_organs_cost_one_synthesis_per_firing_sample_and_match_the_single_organ_result():
+  """With several organs the samples are mapped (one switch branch, nothing when a sample does not fire):
+  a kidney sample in a liver+kidney run gets exactly the tumour of a kidney-only run with the same key, on
+  one device and with the batch split over two (shard_map)."""
+  code = textwrap.dedent("""
+      import os, sys
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      import jax, jax.numpy as jnp, numpy as np, ml_collections
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      sys.path.insert(0, os.getcwd())
+      from jaxseg import parallel
+      from jaxseg.synth import apply_synthesis, default_profiles_config
+      n = 24
+      g = (np.arange(n) - (n - 1) / 2) / (n / 2)
+      x, y, z = np.meshgrid(g, g, g, indexing="ij")
+      organ = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 0.8) ** 2 < 1
+      img = np.where(organ, 100.0, -100.0).astype(np.float32)
+      imgs = np.stack([img] * 4)
+      cfg = ml_collections.ConfigDict(dict(enabled=True, prob=1.0, contrast="absolute", mode="patch",
+                                           min_spacing_mm=1.0, profiles=default_profiles_config()))
+      keys = jax.random.split(jax.random.key(5), 4)
+      two = {"synth_organ": np.array([1, -1, 1, 1], np.int32), "spacing": np.ones((4, 3), np.float32)}
+      labs_two = np.stack([np.where(organ, 3, 0).astype(np.int32)] * 4)       # kidney of (liver, kidney)
+      labs_one = np.stack([organ.astype(np.int32)] * 4)                        # kidney alone
+      f2 = jax.jit(lambda i, l, b, k: apply_synthesis(i, l, b, k, ("liver", "kidney"), cfg))
+      f1 = jax.jit(lambda i, l, b, k: apply_synthesis(i, l, b, k, ("kidney",), cfg))
+      oi2, ol2 = map(np.asarray, f2(imgs, labs_two, two, keys))
+      oi1, ol1 = map(np.asarray, f1(imgs, labs_one, dict(two, synth_organ=np.array([0, -1, 0, 0], np.int32)), keys))
+      assert (oi2[1] == imgs[1]).all() and (ol2[1] == labs_two[1]).all()   # did not fire: untouched
+      for b in (0, 2, 3):
+        assert (ol2[b] == 4).sum() > 0
+        np.testing.assert_array_equal(ol2[b] == 4, ol1[b] == 2)
+        np.testing.assert_allclose(oi2[b], oi1[b], atol=1e-3)
+      mesh = parallel.make_mesh(jax.devices())
+      sh = NamedSharding(mesh, P("data"))
+      put = lambda t: jax.tree.map(lambda a: jax.device_put(a, sh), t)
+      f2m = jax.jit(lambda i, l, b, k: apply_synthesis(i, l, b, k, ("liver", "kidney"), cfg, mesh))
+      mi, ml = f2m(put(imgs), put(labs_two), put(two), put(keys))
+      assert len(mi.sharding.device_set) == 2
+      np.testing.assert_array_equal(np.asarray(ml), ol2)
+      np.testing.assert_allclose(np.asarray(mi), oi2, atol=1e-3)
+      print("ok")
+  """)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

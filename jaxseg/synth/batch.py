@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
 from jaxseg import labels as labels_lib
@@ -69,7 +70,7 @@ def organ_specs(organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict) -
 
 
 def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: jax.Array,
-                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict
+                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict, mesh: Mesh | None = None
                     ) -> tuple[jax.Array, jax.Array]:
   """Synthetic tumours on the control samples of a batch, with probability ``synth_cfg.prob`` each.
 
@@ -83,6 +84,14 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
     keys: typed key array [B].
     organs: static tuple of organ names (config.data.organs).
     synth_cfg: config.synth (enabled, prob, mode, contrast, min_spacing_mm, profiles).
+    mesh: the run's mesh (its "data" axis splits the batch); with several organs, each device then maps
+      over its own samples.
+
+  With one organ the samples are vmapped. With several, a vmapped ``lax.switch`` would evaluate every organ's
+  synthesis for every sample (its index is batched), so the samples are mapped one by one instead
+  (``lax.map``, inside ``shard_map`` over the mesh's "data" axis when a mesh is given): the switch and the
+  "fire" condition then take scalar predicates, and each sample costs one organ's synthesis when it fires
+  and nothing when it does not, whatever the number of organs.
 
   Returns:
     (images [B, X, Y, Z], labels [B, X, Y, Z]) with the tumours and their tumour labels. A tumour never
@@ -128,10 +137,23 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
       return fn
 
     idx = jnp.clip(organ_idx, 0, len(organs) - 1)
-    out, lab = jax.lax.switch(idx, [branch(i) for i in range(len(organs))], (image, label))
-    return jnp.where(fire, out, image), jnp.where(fire, lab, label)
+    branches = [branch(i) for i in range(len(organs))]
+    if len(organs) == 1:  # Vmapped: no switch, and a select is cheaper than a batched cond.
+      out, lab = branches[0]((image, label))
+      return jnp.where(fire, out, image), jnp.where(fire, lab, label)
+    return jax.lax.cond(fire, lambda a: jax.lax.switch(idx, branches, a), lambda a: a, (image, label))
 
-  return jax.vmap(one)(images_hu, labels, batch["synth_organ"], batch["spacing"], keys, centers_all, ok_all)
+  args = (images_hu, labels, batch["synth_organ"], batch["spacing"], keys, centers_all, ok_all)
+  if len(organs) == 1:
+    return jax.vmap(one)(*args)
+
+  def mapped(*local):
+    return jax.lax.map(lambda a: one(*a), local)
+
+  if mesh is None or mesh.devices.size == 1:
+    return mapped(*args)
+  spec = PartitionSpec("data")
+  return jax.shard_map(mapped, mesh=mesh, in_specs=(spec,) * len(args), out_specs=(spec, spec))(*args)
 
 
 def slot_count(specs) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
 from jaxseg import labels as labels_lib
 from jaxseg.registry import Registry
@@ -42,6 +43,7 @@ class RuleBasedSynthesizer:
 
   organs: tuple[str, ...]
   synth_cfg: ml_collections.ConfigDict
+  mesh: Mesh | None = None
 
   def init(self, rng: jax.Array) -> dict:
     del rng
@@ -49,7 +51,7 @@ class RuleBasedSynthesizer:
 
   def apply(self, params, images_hu, labels, batch, keys):
     del params
-    return apply_synthesis(images_hu, labels, batch, keys, self.organs, self.synth_cfg)
+    return apply_synthesis(images_hu, labels, batch, keys, self.organs, self.synth_cfg, self.mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +69,8 @@ class NoSynthesizer:
 
 @dataclasses.dataclass(frozen=True)
 class SynthesizerEntry:
-  """``build(organs, synth_cfg)`` makes the synthesizer; ``check(config)`` raises ValueError on a bad field."""
-  build: Callable[[tuple[str, ...], ml_collections.ConfigDict], Synthesizer]
+  """``build(organs, synth_cfg, mesh)`` makes the synthesizer; ``check(config)`` raises ValueError on a bad field."""
+  build: Callable[[tuple[str, ...], ml_collections.ConfigDict, Mesh | None], Synthesizer]
   check: Callable[[ml_collections.ConfigDict], None] = lambda config: None
 
 
@@ -76,12 +78,15 @@ SYNTHESIZERS: Registry[SynthesizerEntry] = Registry("synth.name")
 SYNTHESIZERS.register("rule_based", SynthesizerEntry(build=RuleBasedSynthesizer, check=check_synth_config))
 
 
-def build_synthesizer(config: ml_collections.ConfigDict) -> Synthesizer:
-  """The synthesizer of a run: ``config.synth.name``, or NoSynthesizer when ``synth.enabled`` is off."""
+def build_synthesizer(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Synthesizer:
+  """The synthesizer of a run: ``config.synth.name``, or NoSynthesizer when ``synth.enabled`` is off.
+
+  ``mesh``: the run's mesh, so that per-sample work can stay on the device that holds the sample.
+  """
   if not config.synth.enabled:
     return NoSynthesizer()
   organs = labels_lib.check_organs(config.data.organs)
-  return SYNTHESIZERS.get(config.synth.name).build(organs, config.synth)
+  return SYNTHESIZERS.get(config.synth.name).build(organs, config.synth, mesh)
 
 
 def check_synthesizer_config(config: ml_collections.ConfigDict) -> None:
