@@ -29,8 +29,12 @@ CLASS_MAP = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "panc
 ORGANS = ("liver", "kidney", "pancreas", "colon")
 
 
-def _manifest(tmp_path, lps: bool):
-  """A one-case manifest of the small fixture; optionally rewritten as LPS to exercise reorientation."""
+def _manifest(tmp_path, lps: bool, lesions_absent: bool = False):
+  """A one-case manifest of the small fixture; optionally rewritten as LPS to exercise reorientation.
+
+  ``lesions_absent``: the class map also names each organ's lesion class with an id no voxel carries, which
+  annotates the lesions as absent (the organs become synthesis controls).
+  """
   image, seg = os.path.join(REAL, "example_ct_sm.nii.gz"), os.path.join(REAL, "example_ct_sm_seg.nii.gz")
   if lps:
     out = []
@@ -47,7 +51,10 @@ def _manifest(tmp_path, lps: bool):
   # The fixture labels many more structures: map every other id present to background-free names.
   all_ids = {int(v) for v in np.unique(np.asarray(nib.load(seg).dataobj))} - {0}
   cmap = dict(CLASS_MAP, **{f"other_{i}": i for i in all_ids - set(CLASS_MAP.values())})
-  path = tmp_path / "manifest.json"
+  if lesions_absent:
+    unused = iter(i for i in range(200, 256) if i not in all_ids)
+    cmap.update({f"{o}_tumor": next(unused) for o in ORGANS})
+  path = tmp_path / ("manifest_absent.json" if lesions_absent else "manifest.json")
   path.write_text(json.dumps([{"case_id": "real", "image": image, "label": seg, "class_map": cmap}]))
   return str(path)
 
@@ -67,6 +74,13 @@ def test_real_ct_preprocess_and_liver_patches(tmp_path):
   np.testing.assert_array_equal(np.asarray(image), np.clip(ref, -1024, 3071))
   liver_hu = np.median(np.asarray(image)[np.asarray(label) == 1])
   assert 40 < liver_hu < 200, liver_hu
+  # The same case with its lesions annotated as absent: every organ is a synthesis control.
+  dst = str(tmp_path / "cache_absent")
+  rep = preprocess_dataset("manifest", _manifest(tmp_path, lps=True, lesions_absent=True), dst, (3.0, 3.0, 3.0),
+                           ORGANS, workers=1)
+  assert rep.processed == ["real"], rep.summary()
+  (case,) = cache.list_cases(dst)
+  assert case["organs"] == {o: "control" for o in ORGANS}
   cfg = ml_collections.ConfigDict(dict(organs=ORGANS, patch_size=(32, 32, 16), batch_size=4, fg_oversample=0.33,
                                        synth_fraction=1.0, num_real_tumor_cases=-1, split_seed=0, num_workers=0,
                                        organ_centred=0.0,
