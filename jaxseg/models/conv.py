@@ -42,6 +42,11 @@ class Conv3D(nn.Module):
   kernel_size: tuple[int, int, int] = (3, 3, 3)
   strides: tuple[int, int, int] = (1, 1, 1)
   use_bias: bool = True
+  # A bias followed by instance normalisation is cancelled by it: its true gradient is zero, and an adaptive
+  # optimizer would turn the rounding noise of that zero into steps of learning-rate size that differ with
+  # the device count. ``frozen_bias`` keeps the parameter (nnU-Net's networks have it, so counts match) and
+  # stops its gradient.
+  frozen_bias: bool = False
   impl: str = "native"
   dtype: Any = jnp.float32
   groups: int = 1
@@ -78,6 +83,8 @@ class Conv3D(nn.Module):
                        "use 'native' or 'depth_folded'")
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+      if self.frozen_bias:
+        bias = jax.lax.stop_gradient(bias)
       y = y + bias.astype(self.dtype)
     return y
 

@@ -46,9 +46,9 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     s = (self.stride,) * 3
-    y = Conv3D(self.features, strides=s, impl=self.conv, dtype=self.dtype)(x)
+    y = Conv3D(self.features, strides=s, impl=self.conv, dtype=self.dtype, frozen_bias=True)(x)
     y = _act(InstanceNorm(dtype=self.dtype)(y))
-    y = Conv3D(self.features, impl=self.conv, dtype=self.dtype)(y)
+    y = Conv3D(self.features, impl=self.conv, dtype=self.dtype, frozen_bias=True)(y)
     y = InstanceNorm(dtype=self.dtype)(y)
     skip = x.astype(self.dtype)
     if self.stride != 1:
@@ -83,7 +83,7 @@ class ResEncUNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
     """x: [B, X, Y, Z, C] -> logits [B, X, Y, Z, K] (or a list over decoder levels, finest first)."""
     conv = dict(impl=self.conv, dtype=self.dtype)
-    h = Conv3D(self.features[0], **conv)(x)
+    h = Conv3D(self.features[0], frozen_bias=True, **conv)(x)
     h = _act(InstanceNorm(dtype=self.dtype)(h))
     skips = []
     for stage, (feat, blocks) in enumerate(zip(self.features, self.blocks_per_stage)):
@@ -97,7 +97,7 @@ class ResEncUNet(nn.Module):
       feat = self.features[stage]
       h = nn.ConvTranspose(feat, (2, 2, 2), strides=(2, 2, 2), dtype=self.dtype, param_dtype=jnp.float32)(h)
       h = jnp.concatenate([h, skips[stage]], axis=-1)
-      h = Conv3D(feat, **conv)(h)
+      h = Conv3D(feat, frozen_bias=True, **conv)(h)
       h = _act(InstanceNorm(dtype=self.dtype)(h))
       if stage == 0 or every_level:
         head = Conv3D(self.num_classes, kernel_size=(1, 1, 1), impl="native", dtype=self.dtype,
