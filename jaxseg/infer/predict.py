@@ -73,6 +73,22 @@ def _argmax_and_tumor_probs(logits: np.ndarray, tumor_ids: Sequence[int]) -> tup
   return labels, probs
 
 
+def _window_logits(config: ml_collections.ConfigDict, params, image_hu, mesh, predict_fn, progress: bool,
+                   caller: str) -> np.ndarray:
+  """Blended sliding-window logits float32 [X, Y, Z, K] of one canonical CT (shared by both predictors)."""
+  k = labels_lib.num_classes(labels_lib.check_organs(config.data.organs))
+  if predict_fn is None:
+    predict_fn = model_predict_fn(config, params)
+  image_hu = np.asarray(image_hu)
+  if image_hu.ndim != 3:
+    raise ValueError(f"{caller}: image must be [X, Y, Z], got shape {image_hu.shape}")
+  volume = normalize_volume(image_hu, config.data.hu_window)[..., None]
+  return sliding_window_inference(
+      predict_fn, volume, tuple(config.data.patch_size), float(config.eval.overlap),
+      int(config.eval.window_batch), k, mesh=mesh, tta_mirror=bool(config.eval.tta_mirror),
+      progress=progress)
+
+
 def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarray,
                    spacing: Sequence[float], mesh=None, predict_fn: Callable | None = None,
                    progress: bool = False) -> tuple[np.ndarray, dict[int, float]]:
@@ -93,18 +109,7 @@ def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarr
      post-processing allows it (0 when none)}: the per-case tumour score of the AUC).
   """
   organs = labels_lib.check_organs(config.data.organs)
-  k = labels_lib.num_classes(organs)
-  if predict_fn is None:
-    predict_fn = model_predict_fn(config, params)
-  image_hu = np.asarray(image_hu)
-  if image_hu.ndim != 3:
-    raise ValueError(f"predict_volume: image must be [X, Y, Z], got shape {image_hu.shape}")
-  volume = normalize_volume(image_hu, config.data.hu_window)[..., None]
-  logits = sliding_window_inference(
-      predict_fn, volume, tuple(config.data.patch_size), float(config.eval.overlap),
-      int(config.eval.window_batch), k, mesh=mesh, tta_mirror=bool(config.eval.tta_mirror),
-      progress=progress)
-  del volume
+  logits = _window_logits(config, params, image_hu, mesh, predict_fn, progress, "predict_volume")
   tumor_ids = [labels_lib.tumor_label(organs, o) for o in organs]
   raw, probs = _argmax_and_tumor_probs(logits, tumor_ids)
   del logits
@@ -120,8 +125,7 @@ RESAMPLE_MODES = ("probabilities", "labels")
 
 
 def check_resample_config(config: ml_collections.ConfigDict) -> str:
-  """Returns ``eval.resample`` (default "probabilities" for configs saved before it existed) or raises
-  ValueError naming the field."""
+  """Returns ``eval.resample`` (a resolved config has it) or raises ValueError naming the field."""
   mode = config.eval.resample
   if mode not in RESAMPLE_MODES:
     raise ValueError(f"eval.resample: {mode!r} is not one of {', '.join(RESAMPLE_MODES)}")
@@ -131,19 +135,7 @@ def check_resample_config(config: ml_collections.ConfigDict) -> str:
 def predict_probabilities(config: ml_collections.ConfigDict, params, image_hu: np.ndarray, mesh=None,
                           predict_fn: Callable | None = None, progress: bool = False) -> np.ndarray:
   """Softmax class probabilities float32 [X, Y, Z, K] of one canonical CT (no post-processing)."""
-  organs = labels_lib.check_organs(config.data.organs)
-  k = labels_lib.num_classes(organs)
-  if predict_fn is None:
-    predict_fn = model_predict_fn(config, params)
-  image_hu = np.asarray(image_hu)
-  if image_hu.ndim != 3:
-    raise ValueError(f"predict_probabilities: image must be [X, Y, Z], got shape {image_hu.shape}")
-  volume = normalize_volume(image_hu, config.data.hu_window)[..., None]
-  logits = sliding_window_inference(
-      predict_fn, volume, tuple(config.data.patch_size), float(config.eval.overlap),
-      int(config.eval.window_batch), k, mesh=mesh, tta_mirror=bool(config.eval.tta_mirror),
-      progress=progress)
-  del volume
+  logits = _window_logits(config, params, image_hu, mesh, predict_fn, progress, "predict_probabilities")
   for x in range(logits.shape[0]):  # In place, one x-slab at a time: no second full-size array.
     s = logits[x] - logits[x].max(axis=-1, keepdims=True)
     np.exp(s, out=s)
