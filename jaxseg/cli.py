@@ -9,7 +9,7 @@ from typing import Callable
 
 from absl import app, flags, logging
 
-from jaxseg import parallel
+from jaxseg import parallel, workdir as workdir_lib
 from jaxseg.default_config import config_from_file
 from jaxseg.registry import closest
 from jaxseg.workdir import disk_error
@@ -141,13 +141,7 @@ def check_output_dir(path: str | None, flag: str) -> None:
   """Raises ValueError when an output folder flag names an existing file (or lies under one)."""
   if not path:
     raise ValueError(f"{flag}: an output folder is required")
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f"{flag}: {path} exists and is not a directory")
-  parent = os.path.dirname(os.path.abspath(path))
-  while parent and not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if parent and not os.path.isdir(parent):
-    raise ValueError(f"{flag}: {parent} (a parent of {path}) is a file, not a directory")
+  workdir_lib.check_folder_path(path, flag)
 
 
 def _first_line(e: BaseException) -> str:

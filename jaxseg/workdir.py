@@ -155,13 +155,18 @@ def check_workdir_path(workdir: str, flag: str = "--workdir") -> None:
   """Raises WorkdirError when ``workdir`` is empty or names something that is not a folder."""
   if not workdir:
     raise WorkdirError(f"{flag}: a work directory is required (checkpoints, logs and reports go there)")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"{flag}: {workdir} exists and is not a directory")
-  parent = os.path.dirname(os.path.abspath(workdir))
+  check_folder_path(workdir, flag, WorkdirError)
+
+
+def check_folder_path(path: str, flag: str, error: type[Exception] = ValueError) -> None:
+  """Raises ``error`` when ``path`` (a folder to create or use) names a file or lies under one."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise error(f"{flag}: {path} exists and is not a directory")
+  parent = os.path.dirname(os.path.abspath(path))
   while parent and not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if parent and not os.path.isdir(parent):
-    raise WorkdirError(f"{flag}: {parent} (a parent of {workdir}) is a file, not a directory")
+    raise error(f"{flag}: {parent} (a parent of {path}) is a file, not a directory")
 
 
 class WorkdirLock:
