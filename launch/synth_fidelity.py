@@ -25,7 +25,7 @@ _CT = flags.DEFINE_string("real_ct_dir", os.environ.get("JAXSEG_REAL_CT_DIR", ""
 _SEEDS = flags.DEFINE_integer("seeds", 12, "Cases (seeds) per size class and mode.")
 _CLASSES = flags.DEFINE_list("classes", ["tiny", "small", "medium", "large", "mix"], "Size classes.")
 _MODES = flags.DEFINE_list("modes", ["reference", "patch"], "Synthesis modes to measure.")
-_CROPS = flags.DEFINE_integer("crops", 200, "Training crops simulated per case (reference mode).")
+_CROPS = flags.DEFINE_integer("crops", 600, "Training crops simulated per case (reference mode).")
 _JSON = flags.DEFINE_string("json", "", "Also write the measured figures to this JSON file.")
 
 

@@ -16,6 +16,7 @@ the whole case (placement.py); ``render`` then draws only the tumours whose reac
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -178,41 +179,86 @@ def shape_function(grids: list[jax.Array], center: jax.Array, axes_mm: jax.Array
 _PASSES = ((0, 1), (1, 2), (0, 2))
 
 
+def _mirror_bspline_segments() -> np.ndarray:
+  """[2 (segment), 4 (power of u), 3 (control value)]: the cubic-spline interpolant through 3 control values.
+
+  The reference's elastic passes (elasticdeform.deform_grid) interpolate the 3 x 3 control displacements with
+  scipy's cubic spline (``map_coordinates(order=3)``: prefiltered, mirror boundary) at ``linspace(0, 2, N)``
+  over the box. With mirror boundaries 3 values (a, b, c) extend to the 4-periodic a b c b; the interpolating
+  B-spline coefficients solve (c[k-1] + 4 c[k] + c[k+1]) / 6 = f[k]. On the segment [k, k+1], k in {0, 1},
+  s(k + u) = sum_m b_m(u) c[k - 1 + m] with the uniform cubic B-spline pieces b_m; expanded here into
+  polynomial coefficients in u, so the device evaluates two cubics and a select (tests pin this to scipy).
+  """
+  circ = np.zeros((4, 4))
+  for k in range(4):
+    circ[k, (k - 1) % 4], circ[k, k], circ[k, (k + 1) % 4] = 1 / 6, 4 / 6, 1 / 6
+  periodic = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0]], float)       # a b c b
+  coef = np.linalg.solve(circ, periodic)                                            # [4, 3]
+  # b_m(u) as polynomial coefficients (1, u, u^2, u^3).
+  pieces = np.array([[1, -3, 3, -1], [4, 0, -6, 3], [1, 3, 3, -3], [0, 0, 0, 1]], float) / 6.0
+  return np.stack([sum(np.outer(pieces[m], coef[(k - 1 + m) % 4]) for m in range(4)) for k in (0, 1)])
+
+
+_BSPLINE3 = _mirror_bspline_segments()
+
+
+def bspline3_weights(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Weights of the 3 control values at grid coordinate ``x`` in [0, 2] (clipped), as elementwise arrays."""
+  x = jnp.clip(x, 0.0, 2.0)
+  upper = x > 1.0
+  u = jnp.where(upper, x - 1.0, x)
+  out = []
+  for j in range(3):
+    lo, hi = _BSPLINE3[0, :, j], _BSPLINE3[1, :, j]
+    c = [jnp.where(upper, float(hi[i]), float(lo[i])) for i in range(4)]
+    out.append(((c[3] * u + c[2]) * u + c[1]) * u + c[0])
+  return tuple(out)
+
+
+# The reference's three 2D passes, in the order they are applied to the ellipsoid: axes (0, 1), then (1, 2),
+# then (0, 2). A voxel of the result is looked up backwards: through the last pass first.
+_PASSES = ((0, 1), (1, 2), (0, 2))
+
+
 def shape_function_sequential(grids: list[jax.Array], center: jax.Array, axes_mm: jax.Array,
                               ctrl_mm: jax.Array, radius_mm: float, spacing: jax.Array) -> jax.Array:
   """The reference's deformation: three sequential 2D elastic passes with nearest-voxel (order 0) lookup.
 
-  Each pass displaces two axes by a field interpolated from a 3 x 3 grid of control displacements spanning
-  the tumour's box (4R per side); every voxel of the output takes the value of the voxel it is displaced
-  to, rounded to the grid (order 0). Two of the three passes move each axis, so an axis moves by about
-  sqrt(2) sigma, and the rounding in each pass leaves the jagged outline the sphericity figure sees.
+  As elasticdeform.deform_random_grid(points=3, order=0) on the reference's ellipsoid box (4 x each semi-
+  axis per side): each pass displaces two axes by a field interpolated (cubic spline, mirror boundary) from
+  a 3 x 3 grid of control displacements spanning the box; every voxel of the output takes the value of the
+  voxel it is displaced to, rounded to the grid, and nothing exists outside the box. Two of the three passes
+  move each axis, so an axis moves by about sqrt(2) sigma, and the rounding in each pass leaves the jagged
+  outline the sphericity figure sees.
 
   Args:
     grids: three float32 vectors of voxel coordinates (x, y, z).
     center: float32 [3] voxel centre (integer valued).
     axes_mm: [3] semi-axes in mm.
     ctrl_mm: [3 (pass), 2 (component), 3, 3] control displacements in mm.
-    radius_mm: the class's base radius R.
+    radius_mm: the class's base radius R (unused: the box follows the semi-axes, as in the reference).
     spacing: [3] mm.
 
   Returns:
     [len(gx), len(gy), len(gz)]: sqrt of the ellipsoid function at the looked-up voxel (< 1 inside).
   """
+  del radius_mm
   shp = (grids[0].shape[0], grids[1].shape[0], grids[2].shape[0])
   q = [jnp.broadcast_to((grids[a] - center[a]).reshape([-1 if b == a else 1 for b in range(3)]), shp)
        for a in range(3)]                                                             # voxels, integer valued
-  def weights(t):   # the three quadratic Lagrange weights, as separate arrays (elementwise: fuses well)
-    return (0.5 * t * (t - 1.0), 1.0 - t * t, 0.5 * t * (t + 1.0))
-
+  half_box = [2.0 * axes_mm[a] / spacing[a] for a in range(3)]                        # voxels
+  inside_box = functools.reduce(jnp.logical_and, [jnp.abs(q[a]) <= half_box[a] for a in range(3)])
   for p in reversed(range(3)):
     a, b = _PASSES[p]
-    wa = weights(jnp.clip(q[a] * spacing[a] / (2.0 * radius_mm), -1.0, 1.0))
-    wb = weights(jnp.clip(q[b] * spacing[b] / (2.0 * radius_mm), -1.0, 1.0))
+    wa = bspline3_weights(q[a] / half_box[a] + 1.0)
+    wb = bspline3_weights(q[b] / half_box[b] + 1.0)
     da = sum(wa[i] * sum(wb[j] * ctrl_mm[p, 0, i, j] for j in range(3)) for i in range(3))
     db = sum(wa[i] * sum(wb[j] * ctrl_mm[p, 1, i, j] for j in range(3)) for i in range(3))
     q[a], q[b] = jnp.round(q[a] + da / spacing[a]), jnp.round(q[b] + db / spacing[b])
+    # A lookup that lands outside the box reads the constant 0 (elasticdeform's mode="constant").
+    inside_box = inside_box & (jnp.abs(q[a]) <= half_box[a]) & (jnp.abs(q[b]) <= half_box[b])
   f = sum(jnp.square(q[a] * spacing[a] / axes_mm[a]) for a in range(3))
-  return jnp.sqrt(f)
+  return jnp.where(inside_box, jnp.sqrt(f), _FAR)
 
 
 def _slot_function(spec: ProfileSpec, grids, center, axes, dd, radius_mm, spacing):
