@@ -35,15 +35,19 @@ Fields of one profile (all lengths in millimetres; converted with the patch's vo
 Fields of ``realistic`` (docs/SYNTHESIS.md, "Realistic mode"; defaults fitted by launch/calibrate_synthesis.py
 on the real liver metastases of real_lesions.json, source ircad_p1_iso1; every ingredient can be switched off):
   count: inclusive (lo, hi) tumours per synthesis (static slots: hi).
-  diameter_mm: (lo, hi) of the equivalent diameter (6 V / pi)^(1/3) of the whole lesion, drawn log-uniformly;
-    the lobulated shape is scaled to that volume.
+  diameter_mm, diameter_skew: (lo, hi) of the equivalent diameter (6 V / pi)^(1/3) of the whole lesion, drawn
+    log-uniformly, bent by the skew (realistic.skewed: > 0 towards hi, < 0 towards lo, 0 uniform); the
+    lobulated shape is scaled to that volume.
   axis_factor: (lo, hi) of each semi-axis of the main ellipsoid (ovoid), before the volume scaling.
   lobes: inclusive (lo, hi) count of extra overlapping ellipsoids (0: one ellipsoid).
   lobe_size: (lo, hi) of a lobe's radius as a share of the main lobe's.
   lobulation: (lo, hi) of a lobe centre's offset from the main centre, as a share of the main radius
     (0: lobes inside the main ellipsoid, no lobulation).
   irregularity: (lo, hi) std of a smooth 3D deformation (3 x 3 x 3 control points) as a share of the radius.
-  contrast: (lo, hi) of the tumour's mean relative drop: mean over the tumour of (local organ HU - tumour HU)
+  roughness_mm, roughness_scale_mm: (lo, hi) std (mm) of fine bumps of the outline: smoothed noise of
+    roughness_scale_mm added to the depth ((0, 0): a smooth outline).
+  contrast, contrast_skew: (lo, hi) (and skew, as diameter_skew's) of the tumour's mean relative drop: mean
+    over the tumour of (local organ HU - tumour HU)
     / local organ HU, where local organ HU is a Gaussian (local_sigma_mm) mean of the organ around this
     tumour's centre (per tumour; nothing is standardised over the draw).
   std_ratio, heterogeneity: (lo, hi) of the tumour's HU std / the organ interior's std; the smoothed noise
@@ -53,8 +57,9 @@ on the real liver metastases of real_lesions.json, source ircad_p1_iso1; every i
     its middle, as the published rule's soft edge is).
   core_depth_mm, core_share: the drop keeps growing towards the centre over core_depth_mm past the
     transition; core_share of the drop is that growth (0: a flat plateau).
-  replace_vessels, vessel_k: inside the tumour, voxels brighter than the local organ HU + vessel_k x the
-    organ's std (vessels) are pulled to the local organ HU before the drop (replaced by tumour tissue).
+  replace_vessels, vessel_k: inside the tumour, voxels further than vessel_k x the organ's std from the local
+    organ HU (vessels; partial-volume fat at the organ's edge) are pulled to the local organ HU before the
+    drop (replaced by tumour tissue).
   rim_prob, rim_hu, rim_offset_mm, rim_sigma_mm, rim_min_volume_mm3: with probability rim_prob a tumour of at
     least rim_min_volume_mm3 gets a ring rim_hu brighter than the organ, a Gaussian of rim_sigma_mm centred
     rim_offset_mm outside its label (0: no rim).
@@ -110,20 +115,30 @@ def _base_profile() -> ml_collections.ConfigDict:
 
 
 def realistic_defaults() -> ml_collections.ConfigDict:
-  """The realistic mode's ingredients (module docstring), fitted on real liver metastases."""
+  """The realistic mode's ingredients (module docstring).
+
+  diameter_mm, contrast, std_ratio, edge_width_mm and roughness_mm are what
+  ``python launch/calibrate_synthesis.py --figures=real_lesions.json:ircad_p1_iso1 --organ=liver`` fits (7
+  real liver metastases; docs/SYNTHESIS.md); the lobes, core darkening (5-8 mm) and rim (3 of 6 lesions of
+  at least 500 mm^3, 5-10 HU, 0.5-3 mm outside) follow what a reader sees on the same lesions.
+  """
   r = ml_collections.ConfigDict()
   r.count = (1, 3)
-  r.diameter_mm = (12.1, 43.0)
+  r.diameter_mm = (12.9, 46.6)
+  r.diameter_skew = -0.757
   r.axis_factor = (0.75, 1.25)
   r.lobes = (0, 3)
   r.lobe_size = (0.45, 0.8)
   r.lobulation = (0.4, 0.9)
   r.irregularity = (0.04, 0.1)
-  r.contrast = (0.034, 0.345)
-  r.std_ratio = (0.96, 1.61)
+  r.roughness_mm = (0.52, 1.56)
+  r.roughness_scale_mm = 1.5
+  r.contrast = (-0.064, 0.285)
+  r.contrast_skew = 1.287
+  r.std_ratio = (1.48, 2.01)
   r.heterogeneity = True
   r.texture_sigma_mm = 1.5
-  r.edge_width_mm = (1.5, 3.0)
+  r.edge_width_mm = (1.02, 1.70)
   r.label_at_outer_edge = True
   r.core_depth_mm = (5.0, 8.0)
   r.core_share = 0.5

@@ -7,15 +7,17 @@ relative contrast) a texture standardised over all tumours of a draw that made s
 the organ. This renderer replaces the appearance, keeping the patch-mode placement (sites drawn in the
 patch, on the profile's centre candidates):
 
-- shape: a rotated ovoid plus a few overlapping ellipsoid lobes, smoothly deformed, scaled so the union has
-  the drawn equivalent diameter (its volume measured on a small static grid);
+- shape: a rotated ovoid plus a few overlapping spherical lobes, smoothly deformed, scaled so the union has
+  the drawn equivalent diameter (its volume measured on a small static grid), with fine bumps of the
+  outline (smoothed noise added to the depth) at a millimetre scale;
 - depth: an approximate signed distance (mm, > 0 inside) per tumour; the label is depth >= 0;
 - intensity: drop = contrast x local organ HU x g(depth) / mean of g over the tumour, with g a transition of
   edge_width_mm whose outer (10%) edge is the label boundary, times a darkening that keeps growing over
   core_depth_mm; local organ HU is a Gaussian mean of the organ around this tumour's own centre;
 - heterogeneity: smoothed unit noise scaled per tumour so the tumour's HU std reaches std_ratio x the organ
   interior's std (the organ's own noise, the profile's spread and the added noise add up);
-- vessels: organ voxels brighter than local + vessel_k std inside a tumour are pulled to the local HU;
+- vessels: organ voxels inside a tumour further than vessel_k std from the local HU (vessels; partial-volume
+  fat at the organ's edge) are pulled to the local HU;
 - rim: an optional ring a few HU bright just outside the label of large enough tumours;
 - mass effect: an optional smooth outward displacement of the tissue and labels around each tumour.
 
@@ -54,7 +56,8 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str,
   d: dict[str, Any] = {}
   count = jnp.minimum(r.count[0] + jnp.floor(u() * (r.count[1] - r.count[0] + 1)).astype(jnp.int32), r.count[1])
   d["active"] = jnp.arange(k) < count
-  d["diameter_mm"] = jnp.exp(urange((np.log(r.diameter_mm[0]), np.log(r.diameter_mm[1])), (k,)))
+  d["diameter_mm"] = jnp.exp(np.log(r.diameter_mm[0]) + np.log(r.diameter_mm[1] / r.diameter_mm[0])
+                             * skewed(u((k,)), r.diameter_skew))
   d["axes"] = urange(r.axis_factor, (k, 3))
   d["quat"] = jax.random.normal(next(keys), (k, 4))
   lobes = r.lobes[0] + jnp.floor(u((k,)) * (r.lobes[1] - r.lobes[0] + 1)).astype(jnp.int32)
@@ -66,7 +69,7 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str,
   d["ctrl"] = jnp.clip(jax.random.normal(next(keys), (k, 3, 3, 3, 3)), -MAX_DISPLACEMENT_SIGMAS,
                        MAX_DISPLACEMENT_SIGMAS)
   d["irregularity"] = urange(r.irregularity, (k,))
-  d["contrast"] = urange(r.contrast, (k,))
+  d["contrast"] = r.contrast[0] + (r.contrast[1] - r.contrast[0]) * skewed(u((k,)), r.contrast_skew)
   d["std_ratio"] = urange(r.std_ratio, (k,))
   d["edge_width_mm"] = urange(r.edge_width_mm, (k,))
   d["core_depth_mm"] = urange(r.core_depth_mm, (k,))
@@ -76,7 +79,38 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...]) -> dict[str,
   d["center_u"] = u((k,))
   f = texture_factor(shape)
   d["noise"] = jax.random.normal(next(keys), tuple(n // f for n in shape))
+  d["roughness_mm"] = urange(r.roughness_mm, (k,))
+  d["rough_noise"] = jax.random.normal(next(keys), tuple(n // f for n in shape))
   return d
+
+
+def smooth_unit_noise(noise: jax.Array, sigma_mm: float, spacing: jax.Array, shape: tuple[int, ...]
+                      ) -> jax.Array:
+  """Coarse normal noise blurred to full resolution ``shape``, scaled to unit std (from the blur weights).
+
+  The std comes from the weights, not from the field, so nothing is standardised over the patch: the field
+  has mean 0 and std 1 in expectation wherever it is looked at.
+  """
+  f = texture_factor(shape)
+  pos = [f * jnp.arange(n // f, dtype=jnp.float32) + 0.5 * (f - 1) for n in shape]
+  sig = jnp.maximum(sigma_mm / spacing, 0.5)
+  mats = [ops.gaussian_matrix(jnp.arange(n, dtype=jnp.float32), p, sig[a]) for a, (n, p) in enumerate(zip(shape, pos))]
+  var = 1.0
+  for m in mats:
+    var = var * jnp.sum(jnp.square(m[m.shape[0] // 2]))
+  return ops.apply_separable(noise, *mats) / jnp.sqrt(var)
+
+
+def skewed(u, skew: float):
+  """A uniform u in [0, 1] bent towards 1 (skew > 0: 1 - (1 - u)^(1 + skew)) or 0 (skew < 0: u^(1 - skew)).
+
+  Real lesions' figures are skewed (most metastases near the top of their contrast range, a few nearly
+  isodense): with a skew a (lo, hi) range can match the real p10, median and p90 (calibrate.py).
+  Works on numpy and jax arrays.
+  """
+  if skew >= 0:
+    return 1.0 - (1.0 - u) ** (1.0 + skew)
+  return u ** (1.0 - skew)
 
 
 def _rotation(quat: jax.Array) -> jax.Array:
@@ -183,7 +217,7 @@ def _displace(image, organ, label, blocked, centers_mm, radius_mm, amount_mm, ac
 
 
 def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec: ProfileSpec,
-           blocked: jax.Array | None = None, label: jax.Array | None = None
+           blocked: jax.Array | None = None, label: jax.Array | None = None, centers: jax.Array | None = None
            ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Deterministic part: draws -> (new image [X, Y, Z], tumour mask [X, Y, Z], extras).
 
@@ -192,6 +226,8 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     spec: the organ's ProfileSpec (with ``realistic``).
     blocked: optional bool [X, Y, Z]: voxels a tumour never takes (another organ's label).
     label: optional int [X, Y, Z] label map, displaced with the tissue when the mass effect is on.
+    centers: optional int32 [K, 3] tumour centres (the calibration's forward model); None: drawn on the
+      profile's centre candidates in the patch (patch placement).
 
   Returns:
     (image, tumour, extras) with extras "organ" and "label" (displaced by the mass effect, else as given),
@@ -201,8 +237,8 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   shape = image.shape
   spacing = spacing.astype(jnp.float32)
   img = image.astype(jnp.float32)
-  cand = _pick_candidates(organ, spacing, spec)
-  centers, _ = sample_voxels(cand, d["center_u"])
+  if centers is None:
+    centers, _ = sample_voxels(_pick_candidates(organ, spacing, spec), d["center_u"])
   active = d["active"] & jnp.any(organ)
   cf = centers.astype(jnp.float32)
 
@@ -227,6 +263,9 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
 
   depth = jax.vmap(depth_of)(cf, rots, scale_mm, d["axes"], d["lobe_center"], d["lobe_radius"], d["lobe_on"],
                              d["ctrl"], d["irregularity"])                           # [K, X, Y, Z] mm
+  if r.roughness_mm[1] > 0:   # fine bumps of the outline (mm scale), on top of the smooth lobulated shape
+    rough = smooth_unit_noise(d["rough_noise"], r.roughness_scale_mm, spacing, shape)
+    depth = depth + d["roughness_mm"][:, None, None, None] * rough[None]
   depth = jnp.where(active[:, None, None, None], depth, -jnp.inf)
   allowed = organ if blocked is None else organ & ~blocked
   masks = (depth >= 0.0) & allowed[None]                                              # [K, X, Y, Z]
@@ -252,29 +291,23 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   drop = jnp.max(drops, axis=0)
   owner = jnp.argmax(depth, axis=0)                                                   # deepest tumour
   pick = lambda per_slot: jnp.take(per_slot, owner)
+  mid = 0.5 * d["edge_width_mm"] if r.label_at_outer_edge else jnp.zeros_like(d["edge_width_mm"])
   inside_w = jnp.max(jnp.where(active[:, None, None, None], ndtr(
-      (depth - (0.5 * d["edge_width_mm"] if r.label_at_outer_edge else 0.0)[:, None, None, None])
-      / (d["edge_width_mm"] / _Z90)[:, None, None, None]), 0.0), axis=0)
+      (depth - mid[:, None, None, None]) / (d["edge_width_mm"] / _Z90)[:, None, None, None]), 0.0), axis=0)
 
-  # Vessels: bright organ voxels inside a tumour become tumour tissue (pulled to the local HU).
+  # Vessels: organ voxels inside a tumour far from the local HU (enhanced vessels; at the organ's edge,
+  # partial-volume fat) become tumour tissue: pulled to the local HU.
   if r.replace_vessels:
-    bright = img > pick(local) + r.vessel_k * organ_std
-    img_v = jnp.where(bright & organ, img + inside_w * (pick(local) - img), img)
+    unlike = jnp.abs(img - pick(local)) > r.vessel_k * organ_std
+    pull = jnp.maximum(inside_w, tumor.astype(jnp.float32))   # fully inside the label, fading outside
+    img_v = jnp.where(unlike & organ, img + pull * (pick(local) - img), img)
   else:
     img_v = img
 
   # Heterogeneity: per tumour, the added noise brings its std to std_ratio x the organ interior's std.
   out = img_v - drop
   if r.heterogeneity:
-    f = texture_factor(shape)
-    pos = [f * jnp.arange(n // f, dtype=jnp.float32) + 0.5 * (f - 1) for n in shape]
-    sig = jnp.maximum(r.texture_sigma_mm / spacing, 0.5)
-    mats = [ops.gaussian_matrix(jnp.arange(n, dtype=jnp.float32), p, sig[a]) for a, (n, p) in enumerate(zip(shape, pos))]
-    noise = ops.apply_separable(d["noise"], *mats)
-    var = 1.0
-    for m in mats:
-      var = var * jnp.sum(jnp.square(m[m.shape[0] // 2]))
-    noise = noise / jnp.sqrt(var)
+    noise = smooth_unit_noise(d["noise"], r.texture_sigma_mm, spacing, shape)
     mean_in = jnp.sum(jnp.where(masks, out[None], 0.0), axis=(1, 2, 3)) / count
     var_in = jnp.sum(jnp.where(masks, jnp.square(out[None] - mean_in[:, None, None, None]), 0.0), axis=(1, 2, 3)) / count
     amp = jnp.sqrt(jnp.maximum(jnp.square(d["std_ratio"] * organ_std) - var_in, 0.0))   # [K] HU

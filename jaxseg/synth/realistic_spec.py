@@ -11,7 +11,8 @@ import dataclasses
 from typing import Any
 
 # Fields of profile.realistic, in the order profiles.py documents them.
-FIELDS = ("count", "diameter_mm", "axis_factor", "lobes", "lobe_size", "lobulation", "irregularity", "contrast",
+FIELDS = ("count", "diameter_mm", "diameter_skew", "axis_factor", "lobes", "lobe_size", "lobulation",
+          "irregularity", "roughness_mm", "roughness_scale_mm", "contrast", "contrast_skew",
           "std_ratio", "heterogeneity", "texture_sigma_mm", "edge_width_mm", "label_at_outer_edge", "core_depth_mm",
           "core_share", "replace_vessels", "vessel_k", "rim_prob", "rim_hu", "rim_offset_mm", "rim_sigma_mm",
           "rim_min_volume_mm3", "mass_effect_mm", "local_sigma_mm")
@@ -23,12 +24,16 @@ class RealisticSpec:
   """Static view of ``profile.realistic`` (see profiles.py for each field's meaning and default)."""
   count: tuple[int, int]
   diameter_mm: tuple[float, float]
+  diameter_skew: float
   axis_factor: tuple[float, float]
   lobes: tuple[int, int]
   lobe_size: tuple[float, float]
   lobulation: tuple[float, float]
   irregularity: tuple[float, float]
+  roughness_mm: tuple[float, float]
+  roughness_scale_mm: float
   contrast: tuple[float, float]
+  contrast_skew: float
   std_ratio: tuple[float, float]
   heterogeneity: bool
   texture_sigma_mm: float
@@ -89,12 +94,16 @@ def realistic_spec(profile: Any, name: str = "organ") -> RealisticSpec:
   return RealisticSpec(
       count=_pair(r.count, "count", name, 1, 16, integer=True),
       diameter_mm=_pair(r.diameter_mm, "diameter_mm", name, 1.0, 200.0),
+      diameter_skew=_num(r.diameter_skew, "diameter_skew", name, -50.0, 50.0),
       axis_factor=_pair(r.axis_factor, "axis_factor", name, 0.2, 5.0),
       lobes=_pair(r.lobes, "lobes", name, 0, MAX_LOBES, integer=True),
       lobe_size=_pair(r.lobe_size, "lobe_size", name, 0.05, 1.5),
       lobulation=_pair(r.lobulation, "lobulation", name, 0.0, 2.0),
       irregularity=_pair(r.irregularity, "irregularity", name, 0.0, 0.5),
+      roughness_mm=_pair(r.roughness_mm, "roughness_mm", name, 0.0, 20.0),
+      roughness_scale_mm=_num(r.roughness_scale_mm, "roughness_scale_mm", name, 0.3, 20.0),
       contrast=_pair(r.contrast, "contrast", name, -1.0, 1.0),
+      contrast_skew=_num(r.contrast_skew, "contrast_skew", name, -50.0, 50.0),
       std_ratio=_pair(r.std_ratio, "std_ratio", name, 0.0, 10.0),
       heterogeneity=bool(r.heterogeneity),
       texture_sigma_mm=_num(r.texture_sigma_mm, "texture_sigma_mm", name, 0.0, 20.0),
