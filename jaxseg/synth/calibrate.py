@@ -9,9 +9,11 @@
    measurement's own biases (transition, noise, grid).
 3. Invert: each figure is fitted on all drawn parameters at once (a figure can move with more than its own
    parameter), and each profile range (lo, hi) is the parameter range whose figure range matches the real one:
-   the contrast (lo, hi, skew) from the real p10, median and p90 (realistic.skewed); the diameter the same
-   way on a log scale; the std ratio, edge width and roughness from the real median (+-15%, +-25%,
-   +-50%: the few real lesions do not pin a spread, and the std ratio's is compressed by its floor).
+   the contrast (lo, hi, skew) from the real p10, median and p90 (realistic.skewed), their spread first
+   narrowed by the measurement's own scatter (the forward fit's residual); the diameter the same way on a
+   log scale; the edge width and roughness from the real median (+-25%, +-50%: the few real lesions do not
+   pin a spread); the std ratio is the real median +-15% as it is (the synthesizer aims each tumour's std
+   at its drawn ratio).
 
 Pure numpy/scipy on the measuring side; the forward model is one jitted program (the parameters it varies
 are drawn per tumour, so it compiles once).
@@ -40,13 +42,14 @@ from jaxseg.synth.profiles import default_profiles_config
 
 # (profile field, figure, how the range is inverted)
 FITS = (("diameter_mm", "eq_diam_mm", "log"), ("contrast", "rel_contrast", "uniform"),
-        ("std_ratio", "std_ratio", "median"), ("edge_width_mm", "edge_width_mm", "median"),
+        ("std_ratio", "std_ratio", "identity"), ("edge_width_mm", "edge_width_mm", "median"),
         ("roughness_mm", "sphericity_boundary", "median"))
 # Forward model: the ranges each parameter is drawn over (wide, so the fitted lines hold across real data).
 FORWARD_RANGES = {"diameter_mm": (6.0, 36.0), "contrast": (0.08, 0.45), "std_ratio": (0.9, 3.0),
                   "edge_width_mm": (0.8, 4.5), "roughness_mm": (0.0, 1.6)}
-# +- share around the fitted median. The std ratio's spread is not recoverable from the real spread: the
-# organ's own noise and the darkening profile set a floor under it (the measured spread is compressed).
+# +- share around the fitted median. The std ratio is the synthesizer's own target (noise is added up to it),
+# so its range is the real median itself (identity): in the forward model its figure follows the contrast
+# (the darkening profile's spread) far more than the target, and inverting that weak slope was unstable.
 MEDIAN_SPREAD = {"std_ratio": 0.15, "edge_width_mm": 0.25, "roughness_mm": 0.5}
 MIN_LESIONS = 3
 
@@ -255,7 +258,7 @@ def fit(rows: list[dict], forward: list[dict], organ: str = "liver") -> tuple[ml
   report: dict = {"lesions": len(rows)}
   x, fields = _design(forward)
   centre = {k: float(np.mean(x[:, 1 + i])) for i, k in enumerate(fields)}   # others' values, pass 1
-  targets, coefs = {}, {}
+  targets, coefs, resid = {}, {}, {}
   for field, figure, how in FITS:
     real = _finite(rows, figure)
     if len(real) < MIN_LESIONS:
@@ -266,6 +269,7 @@ def fit(rows: list[dict], forward: list[dict], organ: str = "liver") -> tuple[ml
     if how == "log":
       y = np.log(np.where(ok, y, 1.0))
     coefs[field] = np.linalg.lstsq(x[ok], y[ok], rcond=None)[0]
+    resid[field] = float(np.std(y[ok] - x[ok] @ coefs[field]))
     q = np.percentile(real, (10, 50, 90))
     targets[field] = np.log(q) if how == "log" else q
     report[field] = {"figure": figure, "real_p10_median_p90": [float(v) for v in q]}
@@ -273,6 +277,9 @@ def fit(rows: list[dict], forward: list[dict], organ: str = "liver") -> tuple[ml
     solved = {}
     for field, figure, how in FITS:
       if field not in coefs:
+        continue
+      if how == "identity":
+        solved[field] = [float(t) for t in targets[field]]
         continue
       c = coefs[field]
       j = fields.index(field)
@@ -286,12 +293,23 @@ def fit(rows: list[dict], forward: list[dict], organ: str = "liver") -> tuple[ml
     if field not in solved:
       continue
     q10, qmed, q90 = solved[field]
-    if how == "median":
+    if how == "identity":
+      mid = float(np.median(_finite(rows, figure)))
+      s = MEDIAN_SPREAD[field]
+      rng = (mid * (1 - s), mid * (1 + s))
+    elif how == "median":
       lo_b, hi_b = FORWARD_RANGES[field]
       mid = float(np.clip(qmed, lo_b, hi_b))
       s = MEDIAN_SPREAD[field]
       rng = (max(mid * (1 - s), 0.0), mid * (1 + s))
     else:
+      # The measured spread is the parameters' spread plus the measurement's own scatter (noise, grid; the
+      # forward fit's residual): take the latter out (errors in variables) before fitting the range.
+      slope = abs(coefs[field][1 + fields.index(field)])
+      s_obs = abs(q90 - q10) / 2.563
+      shrink = math.sqrt(max(1.0 - (resid[field] / slope / s_obs) ** 2, 0.25)) if s_obs > 0 else 1.0
+      q10, q90 = qmed - (qmed - q10) * shrink, qmed + (q90 - qmed) * shrink
+      report[field]["spread_kept"] = shrink
       lo_, hi_, skew = skewed_range(q10, qmed, q90)
       rng = (math.exp(lo_), math.exp(hi_)) if how == "log" else (lo_, hi_)
       profile.realistic[_SKEW[field]] = round(skew, 4)

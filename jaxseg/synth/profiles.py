@@ -124,21 +124,21 @@ def realistic_defaults() -> ml_collections.ConfigDict:
   """
   r = ml_collections.ConfigDict()
   r.count = (1, 3)
-  r.diameter_mm = (12.9, 46.6)
+  r.diameter_mm = (12.9, 46.5)
   r.diameter_skew = -0.757
   r.axis_factor = (0.75, 1.25)
   r.lobes = (0, 3)
   r.lobe_size = (0.45, 0.8)
   r.lobulation = (0.4, 0.9)
   r.irregularity = (0.04, 0.1)
-  r.roughness_mm = (0.52, 1.56)
+  r.roughness_mm = (0.51, 1.54)
   r.roughness_scale_mm = 1.5
-  r.contrast = (-0.064, 0.285)
+  r.contrast = (-0.052, 0.281)
   r.contrast_skew = 1.287
-  r.std_ratio = (1.48, 2.01)
+  r.std_ratio = (1.30, 1.75)
   r.heterogeneity = True
   r.texture_sigma_mm = 1.5
-  r.edge_width_mm = (1.02, 1.70)
+  r.edge_width_mm = (1.12, 1.86)
   r.label_at_outer_edge = True
   r.core_depth_mm = (5.0, 8.0)
   r.core_share = 0.5
