@@ -78,6 +78,25 @@ def test_train_step_path_jit_labels_and_same_key_same_tumour():
     assert out[i][tumour[i]].mean() < vol.ct[liver & ~tumour[i]].mean()
 
 
+def test_build_synthesizer_runs_realistic_mode_from_the_config():
+  """The train step's entry: build_synthesizer(config).apply with config.synth.mode = "realistic"."""
+  from jaxseg.synth.stage import build_synthesizer  # pylint: disable=import-outside-toplevel
+  from tests.tiny_config import tiny_config  # pylint: disable=import-outside-toplevel
+  c = tiny_config()                       # 16^3 patches at 4 mm
+  c.synth.mode = "realistic"
+  c.synth.min_spacing_mm = 4.0
+  synth = build_synthesizer(c)
+  vol = realism.phantom_volume(16, seed=5, spacing_mm=4.0)
+  b = 2
+  batch = {"synth_organ": jnp.zeros((b,), jnp.int32), "spacing": jnp.full((b, 3), 4.0, jnp.float32)}
+  images = jnp.asarray(np.broadcast_to(vol.ct, (b, 16, 16, 16)))
+  labels = jnp.asarray(np.broadcast_to(vol.organ.astype(np.int32), (b, 16, 16, 16)))
+  out, lab = jax.jit(lambda i, l, k: synth.apply(synth.init(None), i, l, batch, k))(
+      images, labels, jax.random.split(jax.random.key(0), b))
+  assert (np.asarray(lab) == 2).any(axis=(1, 2, 3)).all()
+  assert float(jnp.abs(out - images).max()) > 0
+
+
 def test_relative_contrast_is_retired_with_a_pointer_to_realistic():
   from jaxseg.synth.stage import check_synthesizer_config  # pylint: disable=import-outside-toplevel
   from tests.tiny_config import tiny_config  # pylint: disable=import-outside-toplevel
