@@ -5,20 +5,24 @@
 
 Arms (jaxseg/scaling.py): "real" (the first N real phantom tumour cases plus every control phantom of the
 train split, controls as negatives), "real+synth" (the same data stream, with synthetic tumours placed on
-the control patches on the device), "synth" (real+synth at N = 0). Every run has the same step budget and
+the control patches on the device), "synth" (real+synth at N = 0), "real+realistic" (real+synth with
+synth.mode = "realistic": tumours calibrated on real lesions; "realistic" at N = 0; the paired difference
+real+realistic - real+synth says whether realism pays). Every run has the same step budget and
 is evaluated on the same held-out phantoms (tumour and control cases) and on the out-of-distribution
 phantom variant. The phantoms carry the generator's calibrated lesions (phantoms version 3: liver lesions
 sized and contrasted like real metastases), not the demo's former "easy" ones.
 
 The default grid is for a 2-core CPU: N in {0, 2, 6, 20}, 3 seeds, 2,000 steps (the demo's budget: at N = 20
-the real arm sees each real tumour case in about 170 patches), 21 runs; expect roughly 10-12 minutes per
-run (training about 8, evaluation of 16 held-out and 8 OOD phantoms about 2-3), about 4 hours in all.
+the real arm sees each real tumour case in about 170 patches), 33 runs (21 without the realistic arm); expect
+roughly 10-12 minutes per run (training about 8, evaluation of 16 held-out and 8 OOD phantoms about 2-3),
+about 6 hours in all.
 
 Variants (``--config=configs/scaling_phantom.py:<variant>``):
   gpu  N in {0, 5, 10, 20, 50, 100, 200} on 480 phantoms (40 held out), a 16-128 model, batch 8, 20,000 steps
-       (at N = 200 the real arm sees each tumour case in about 680 patches), 3 seeds: 39 runs, one GPU
+       (at N = 200 the real arm sees each tumour case in about 680 patches), 3 seeds: 60 runs, one GPU
        each (``--only`` per job). Not measured here.
-  toy  the whole study at toy size, for the tests: N in {0, 1, 2}, 1 seed, a few steps.
+  toy  the whole study at toy size, for the tests: N in {0, 1, 2}, 1 seed, a few steps, the real and
+       real+synth arms (the realistic arm's runs are the same code path with another synth.mode).
 """
 
 import os
@@ -40,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.scaling = ml_collections.ConfigDict()
   c.scaling.num_real = (0, 2, 6, 20)  # 0: synthetic tumours only (the "synth" arm)
-  c.scaling.arms = ("real", "real+synth")
+  c.scaling.arms = ("real", "real+synth", "real+realistic")
   c.scaling.seeds = (0, 1, 2)
   c.scaling.ood = "phantom_ood"       # "" for none, "phantom_ood", or "layout:dir" of a real OOD set
   c.scaling.ood_cases = 8
@@ -71,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_steps = 2
     c.train.checkpoint_every = 2
     c.scaling.num_real = (0, 1, 2)
+    c.scaling.arms = ("real", "real+synth")
     c.scaling.seeds = (0,)
     c.scaling.ood_cases = 3
     c.scaling.bootstrap = 200

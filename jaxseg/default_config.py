@@ -82,11 +82,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.synth.enabled = True
   c.synth.name = "rule_based"       # the synthesis stage (jaxseg/synth/stage.py SYNTHESIZERS)
   c.synth.prob = 0.9                # per control sample (the reference's value)
-  c.synth.contrast = "absolute"     # absolute (published HU drop) | relative (to the organ's local HU)
+  c.synth.contrast = "absolute"     # the published HU drop ("relative" is retired: use mode "realistic")
   # reference: sites drawn on the whole case by the loader, pos/neg crops, sequential 2D deformation and
   # bank-wide texture statistics (the published generator; the paper configs use it); patch: sites drawn in
   # each patch, one smooth 3D field, per-patch texture rescale (docs/SYNTHESIS.md, "Placement modes").
-  # Reference mode needs the loader built with make_train_loader(..., synth_cfg=config.synth).
+  # Reference mode needs the loader built with make_train_loader(..., synth_cfg=config.synth). realistic:
+  # patch placement, tumours calibrated on real lesions (profile.realistic; docs/SYNTHESIS.md).
   c.synth.mode = "patch"
   c.synth.min_spacing_mm = 1.0      # finest spacing the static tumour boxes are sized for (0.5-5 mm)
   c.synth.profiles = default_profiles_config()  # per organ, e.g. --config.synth.profiles.liver.delta=...

@@ -6,7 +6,11 @@ Arms (docs/SCALING.md): for each N of ``config.scaling.num_real`` and each seed,
   * "real+synth": the same cases, the same patches in the same order, with synthetic tumours placed on the
     control patches on the device (synthesis on) - the only difference;
   * "synth": real+synth at N = 0 (the label-free setting: control cases with synthetic tumours only). At
-    N = 0 the real arm has no tumour to learn from and is not run.
+    N = 0 the real arm has no tumour to learn from and is not run;
+  * "real+realistic" (optional; "realistic" at N = 0): real+synth with config.synth.mode = "realistic" (the
+    tumours calibrated on real lesions, docs/SYNTHESIS.md) - the only difference from real+synth, so the
+    paired difference real+realistic - real+synth says whether realism pays. Realistic mode places tumours
+    as patch mode does, so the study's synth.mode must be "patch" (with "reference" the crops would differ).
 Every run has the same step budget and is evaluated on the same held-out real tumour and control cases
 (and on an out-of-distribution set when ``config.scaling.ood`` names one). Runs are separate work
 directories under ``<workdir>/runs``; a run whose ``result.json`` exists is not redone, so the study
@@ -15,7 +19,8 @@ afterwards (``collect``).
 
 Statistics (``collect``): per point (arm, N) the mean over seeds and held-out cases with a 95% crossed
 bootstrap interval (seeds and cases resampled independently, jaxseg/metrics/bootstrap.crossed_bootstrap);
-per N the paired difference real+synth - real (paired by seed and held-out case) with its interval.
+per N the paired differences real+synth - real, and with the realistic arm real+realistic - real and
+real+realistic - real+synth (paired by seed and held-out case), with their intervals.
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ from jaxseg.infer.evaluate import evaluate_checkpoint
 from jaxseg.metrics.bootstrap import crossed_bootstrap
 from jaxseg.train.loop import train_and_evaluate
 
-ARMS = ("real", "real+synth")
+ARMS = ("real", "real+synth", "real+realistic")
+# Run-name prefix of each arm (N = 0 runs of a synthetic arm are the label-free setting).
+_PREFIX = {"real": "real", "real+synth": "synth", "real+realistic": "realistic"}
+# Paired differences reported, (arm, minus arm), when both were run.
+PAIRS = (("real+synth", "real"), ("real+realistic", "real"), ("real+realistic", "real+synth"))
 METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
            "fp_per_control_case", "organ_dsc")
 # The per-case figures the statistics are computed from (numerator, denominator per held-out case).
@@ -52,8 +61,8 @@ TABLE = (("tumor_dsc", "tumour DSC", 3), ("tumor_sensitivity", "tumour-wise sens
 
 
 def arm_name(arm: str, num_real: int) -> str:
-  """The arm as reported: "synth" for real+synth at N = 0 (label-free), else the arm."""
-  return "synth" if arm == "real+synth" and int(num_real) == 0 else arm
+  """The arm as reported: "synth" ("realistic") for real+synth (real+realistic) at N = 0, else the arm."""
+  return _PREFIX[arm] if arm != "real" and int(num_real) == 0 else arm
 
 
 def run_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -67,27 +76,33 @@ def run_names(config: ml_collections.ConfigDict) -> list[str]:
       raise ValueError(f"scaling.arms: unknown arm {arm!r}; known: {', '.join(ARMS)}")
   if any(int(n) < 0 for n in s.num_real):
     raise ValueError(f"scaling.num_real: {tuple(s.num_real)} must be >= 0 (0: synthetic tumours only)")
-  return [f"{'synth' if arm == 'real+synth' else 'real'}_n{n}_s{seed}"
+  if "real+realistic" in s.arms and str(config.synth.mode) != "patch":
+    raise ValueError(f"scaling.arms: real+realistic needs synth.mode='patch' (realistic mode places tumours as "
+                     f"patch mode does), got {config.synth.mode!r}: the arms would differ in their crops too")
+  return [f"{_PREFIX[arm]}_n{n}_s{seed}"
           for n in s.num_real for arm in s.arms for seed in s.seeds if not (int(n) == 0 and arm == "real")]
 
 
 def parse_name(name: str) -> tuple[str, int, int]:
-  """``<arm>_n<N>_s<seed>`` -> (arm, N, seed) with arm "real" or "real+synth"."""
-  arm, n, seed = name.split("_")
-  return ("real+synth" if arm == "synth" else "real"), int(n[1:]), int(seed[1:])
+  """``<arm>_n<N>_s<seed>`` -> (arm, N, seed) with arm one of ARMS."""
+  prefix, n, seed = name.split("_")
+  arm = {v: k for k, v in _PREFIX.items()}[prefix]
+  return arm, int(n[1:]), int(seed[1:])
 
 
 def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """The training config of one run: the study's config with N, the synthesis switch and the seed set.
 
   Nothing else differs between the arms: the data stream (real tumour cases and control cases, mixed by
-  data.synth_fraction) is the same, and only config.synth.enabled decides whether control patches get
-  synthetic tumours on the device or stay negatives.
+  data.synth_fraction) is the same, config.synth.enabled decides whether control patches get synthetic
+  tumours on the device or stay negatives, and config.synth.mode = "realistic" makes real+realistic.
   """
   arm, n, seed = parse_name(name)
   c = copy.deepcopy(config)
   c.data.num_real_tumor_cases = n
-  c.synth.enabled = arm == "real+synth"
+  c.synth.enabled = arm != "real"
+  if arm == "real+realistic":
+    c.synth.mode = "realistic"
   c.seed = seed
   return c
 
@@ -204,8 +219,8 @@ def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float
 
   Returns:
     {"points": [{arm, num_real, runs, seeds, cases, <metric>, <metric>_lo, <metric>_hi, ...}],
-     "differences": [{num_real, seeds, <metric>, <metric>_lo, <metric>_hi, ...}]} where a difference is
-    over the seeds both arms finished.
+     "differences": [{num_real, seeds, pair, <metric>, <metric>_lo, <metric>_hi, ...}]} for each pair of
+    PAIRS run, where a difference is over the seeds both arms finished.
   """
   groups: dict[tuple[str, int], list[dict]] = {}
   for r in rows:
@@ -223,25 +238,26 @@ def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float
                                                                             level)
       p["num_" + key] = len(cases)
     points.append(p)
-  for n in sorted({n for _, n in groups}):
-    a, b = groups.get(("real+synth", n)), groups.get(("real", n))
-    if not a or not b:
-      continue
-    seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
-    if not seeds:
-      continue
-    a = [r for r in a if r["seed"] in seeds]
-    b = [r for r in b if r["seed"] in seeds]
-    d = {"num_real": n, "seeds": seeds}
-    for metric, key, per_case in _metric_keys(a + b):
-      cases = sorted({c["case"] for r in a + b for c in r.get(key, [])})
-      if not cases:
+  for arm_a, arm_b in PAIRS:
+    for n in sorted({n for _, n in groups}):
+      a, b = groups.get((arm_a, n)), groups.get((arm_b, n))
+      if not a or not b:
         continue
-      na, da = _grid(a, key, seeds, cases, per_case)
-      nb, db = _grid(b, key, seeds, cases, per_case)
-      d[metric], d[metric + "_lo"], d[metric + "_hi"] = crossed_bootstrap(
-          na, da, num_bootstrap, seed, level, paired_numer=nb, paired_denom=db)
-    diffs.append(d)
+      seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
+      if not seeds:
+        continue
+      a = [r for r in a if r["seed"] in seeds]
+      b = [r for r in b if r["seed"] in seeds]
+      d = {"num_real": n, "seeds": seeds, "pair": f"{arm_a} - {arm_b}"}
+      for metric, key, per_case in _metric_keys(a + b):
+        cases = sorted({c["case"] for r in a + b for c in r.get(key, [])})
+        if not cases:
+          continue
+        na, da = _grid(a, key, seeds, cases, per_case)
+        nb, db = _grid(b, key, seeds, cases, per_case)
+        d[metric], d[metric + "_lo"], d[metric + "_hi"] = crossed_bootstrap(
+            na, da, num_bootstrap, seed, level, paired_numer=nb, paired_denom=db)
+      diffs.append(d)
   return {"points": points, "differences": diffs, "bootstrap": num_bootstrap, "level": level}
 
 
@@ -275,14 +291,15 @@ def markdown_table(stats: dict, rows: list[dict]) -> str:
     notes.append("A value without an interval: fewer than 2 held-out cases count for it.")
   if notes:
     out += [""] + notes
-  if stats["differences"]:
-    out += ["", f"Paired difference real+synth - real (same seeds and held-out cases) [{level}% bootstrap "
+  for pair in dict.fromkeys(d.get("pair", "real+synth - real") for d in stats["differences"]):
+    out += ["", f"Paired difference {pair} (same seeds and held-out cases) [{level}% bootstrap "
             "interval]; an interval that excludes 0 is a difference this study resolves.", "",
             "| N | seeds | " + " | ".join(f"delta {c[1]}" for c in cols) + " |",
             "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
     for d in stats["differences"]:
-      out.append(f"| {d['num_real']} | {','.join(map(str, d['seeds']))} | "
-                 + " | ".join(_fmt(d, k, dg, signed=True) for k, _, dg in cols) + " |")
+      if d.get("pair", "real+synth - real") == pair:
+        out.append(f"| {d['num_real']} | {','.join(map(str, d['seeds']))} | "
+                   + " | ".join(_fmt(d, k, dg, signed=True) for k, _, dg in cols) + " |")
   fp = _fp_per_control(rows)
   if fp["cases"]:
     out += ["", "False-positive tumour components per held-out control case (one number per seed):", "",
@@ -337,7 +354,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      "remove their result.json to redo them")
   stats = statistics(rows, int(config.scaling.get("bootstrap", 2000)))
   table = [dict(p, kind="point") for p in stats["points"]]
-  table += [dict(d, kind="paired difference", arm="real+synth - real") for d in stats["differences"]]
+  table += [dict(d, kind="paired difference", arm=d["pair"]) for d in stats["differences"]]
   _write_csv(os.path.join(workdir, "results.csv"), table)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k not in ("cases", "ood_cases")} for r in rows])
@@ -367,30 +384,36 @@ def _plot(stats: dict, path: str) -> None:
   panels = len(metrics) + 1
   fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4), squeeze=False)
   level = int(round(100 * stats.get("level", 0.95)))
-  styles = {"real": ("tab:blue", "o"), "real+synth": ("tab:orange", "s"), "synth": ("tab:green", "D")}
+  styles = {"real": ("tab:blue", "o"), "real+synth": ("tab:orange", "s"), "synth": ("tab:green", "D"),
+            "real+realistic": ("tab:red", "^"), "realistic": ("tab:brown", "v")}
+  offset = {"real": -0.06, "real+synth": 0.06, "synth": 0.0, "real+realistic": 0.12, "realistic": 0.12}
   for ax, metric in zip(axes[0], metrics):
-    for arm in ("real", "real+synth", "synth"):
+    for arm in styles:
       pts = [p for p in stats["points"] if p["arm"] == arm and metric in p]
       if not pts:
         continue
-      x = np.array([x_of[p["num_real"]] for p in pts]) + {"real": -0.06, "real+synth": 0.06, "synth": 0.0}[arm]
+      x = np.array([x_of[p["num_real"]] for p in pts]) + offset[arm]
       y = np.array([p[metric] for p in pts])
       err = np.array([[max(p[metric] - p[metric + "_lo"], 0) if np.isfinite(p[metric + "_lo"]) else 0,
                        max(p[metric + "_hi"] - p[metric], 0) if np.isfinite(p[metric + "_hi"]) else 0]
                       for p in pts]).T
       color, marker = styles[arm]
       ax.errorbar(x, y, yerr=err, marker=marker, color=color, capsize=3, label=arm,
-                  linestyle="-" if arm != "synth" else "none")
+                  linestyle="-" if arm.startswith("real") else "none")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_ylim(0, 1)
   ax = axes[0][-1]
-  diffs = stats["differences"]
-  if diffs:
-    x = [x_of[d["num_real"]] for d in diffs]
+  colours = {"real+synth - real": "tab:purple", "real+realistic - real": "tab:red",
+             "real+realistic - real+synth": "tab:gray"}
+  for k, (pair, colour) in enumerate(colours.items()):
+    diffs = [d for d in stats["differences"] if d.get("pair", "real+synth - real") == pair]
+    if not diffs:
+      continue
+    x = np.array([x_of[d["num_real"]] for d in diffs]) + 0.08 * k
     y = np.array([d.get("tumor_dsc", np.nan) for d in diffs])
     err = np.array([[max(d["tumor_dsc"] - d["tumor_dsc_lo"], 0), max(d["tumor_dsc_hi"] - d["tumor_dsc"], 0)]
                     if np.isfinite(d.get("tumor_dsc_lo", np.nan)) else [0, 0] for d in diffs]).T
-    ax.errorbar(x, y, yerr=err, marker="s", color="tab:purple", capsize=3, label="real+synth - real")
+    ax.errorbar(x, y, yerr=err, marker="s", color=colour, capsize=3, label=pair)
   ax.axhline(0, color="gray", lw=0.8)
   ax.set_ylabel("paired difference in tumour DSC")
   for ax in axes[0]:

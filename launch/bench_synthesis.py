@@ -26,7 +26,8 @@ _NUMPY_REPEATS = flags.DEFINE_integer("numpy_repeats", 5, "Timed numpy calls (me
 _ORGAN_SETS = flags.DEFINE_list("organ_count", [], "Instead: time one batch of --batch samples (--fire of them "
                                  "firing) for each organ tuple, e.g. liver,liver+kidney,liver+kidney+pancreas.")
 _FIRE = flags.DEFINE_integer("fire", 1, "With --organ_count: samples of the batch that get a tumour.")
-_MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference"], "Synthesis mode (docs/SYNTHESIS.md).")
+_MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
+                          "Synthesis mode (docs/SYNTHESIS.md; realistic ignores --size).")
 
 
 def main(argv):

@@ -1,7 +1,7 @@
 """Puts synthetic tumours into a CT and writes the CT, the tumour mask (NIfTI, input affine) and a montage.
 
   python launch/synthesize.py --image=ct.nii.gz --organ_mask=liver.nii.gz --organ=liver --out=out/ \
-      [--seed=0] [--size=medium] [--mask_labels=5] [--contrast=relative] [--mode=reference|patch]
+      [--seed=0] [--size=medium] [--mask_labels=5] [--mode=reference|patch|realistic]
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _SIZE = flags.DEFINE_string("size", None, "Size class (tiny, small, medium, large, mix); default: drawn.")
 _LABELS = flags.DEFINE_list("mask_labels", [], "Label ids of the organ in a label-map mask (default: > 0).")
-_CONTRAST = flags.DEFINE_enum("contrast", "absolute", ["absolute", "relative"], "Contrast rule.")
-_MODE = flags.DEFINE_enum("mode", "reference", ["reference", "patch"], "Synthesis mode (docs/SYNTHESIS.md).")
+_CONTRAST = flags.DEFINE_string("contrast", "absolute", "Contrast rule of reference/patch modes: absolute "
+                                 "(relative is retired: use --mode=realistic).")
+_MODE = flags.DEFINE_enum("mode", "reference", ["reference", "patch", "realistic"],
+                          "Synthesis mode (docs/SYNTHESIS.md).")
 
 
 def main(argv):

@@ -48,6 +48,10 @@ def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_d
   assert {k for k in fr if fr[k] != fs.get(k)} == {"synth.enabled"}
   assert fr["synth.enabled"] is False and fs["synth.enabled"] is True and fr["data.num_real_tumor_cases"] == 2
 
+  # The realistic arm: the same as real+synth but for the synthesis mode.
+  realistic = _flat(scaling.run_config(config, "realistic_n2_s0").to_dict())
+  assert {k for k in fs if fs[k] != realistic.get(k)} == {"synth.mode"} and realistic["synth.mode"] == "realistic"
+
   cache_dir = prepare_data(config.data)
   cases = cache.list_cases(cache_dir)
   organs = tuple(config.data.organs)
@@ -79,6 +83,15 @@ def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_d
     assert (organ_idx >= 0).any() and (organ_idx < 0).any()
     assert all(not is_tumour[cid] for cid, o in zip(drawn, organ_idx) if o >= 0)
     assert len({cid for cid, o in zip(drawn, organ_idx) if o < 0}) == n
+  # As the train loop builds it (with config.synth): the realistic arm crops the same patches as the real one.
+  def loop_batches(name, n=20):
+    c = scaling.run_config(config, name)
+    it = make_train_loader(c.data, cache_dir, train_ids, seed=c.seed, synth_cfg=c.synth)
+    return [next(it) for _ in range(n)]
+
+  for x, y in zip(loop_batches("real_n2_s0"), loop_batches("realistic_n2_s0")):
+    for k in ("case_index", "image", "label", "synth_organ", "spacing"):
+      np.testing.assert_array_equal(x[k], y[k])
   # N = 0: the loader still works and draws control patches only, without any real tumour.
   zero = batches("synth_n0_s0")
   assert all((x["synth_organ"] >= 0).all() and not (x["label"] == tumour).any() for x in zero)
@@ -144,6 +157,27 @@ def test_statistics_means_intervals_and_paired_differences():
   assert "95% bootstrap interval" in md
   assert "| 5 | 0,1,2 | +0.050 [+0.050, +0.050]" in md
   assert "| 0 | synth |" in md and "| 5 | real | 1/1/1 | 0/0/0 | 2/2/2 | 0/0/0 |" in md
+
+
+def test_realistic_arm_names_pairs_and_placement_check():
+  config = config_from_file(CONFIG)
+  assert "real+realistic" in config.scaling.arms
+  names = scaling.run_names(config)
+  assert "realistic_n0_s0" in names and "realistic_n20_s2" in names and len(names) == 33
+  assert scaling.parse_name("realistic_n6_s1") == ("real+realistic", 6, 1)
+  assert scaling.arm_name("real+realistic", 0) == "realistic"
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.2, 0.8, 6)
+  rows = [_fake_run("real", 5, 0, list(base), [1, 0]), _fake_run("real+synth", 5, 0, list(base + 0.05), [0, 0]),
+          dict(_fake_run("real+realistic", 5, 0, list(base + 0.08), [0, 0]), run="realistic_n5_s0")]
+  stats = scaling.statistics(rows, num_bootstrap=100)
+  diffs = {d["pair"]: d for d in stats["differences"]}
+  assert set(diffs) == {"real+synth - real", "real+realistic - real", "real+realistic - real+synth"}
+  assert diffs["real+realistic - real+synth"]["tumor_dsc"] == pytest.approx(0.03)
+  assert "Paired difference real+realistic - real+synth" in scaling.markdown_table(stats, rows)
+  config.synth.mode = "reference"   # realistic mode places as patch mode: the crops would differ too
+  with pytest.raises(ValueError, match="real\\+realistic needs synth.mode='patch'"):
+    scaling.run_names(config)
 
 
 def test_crossed_bootstrap_covers_the_seed_spread():

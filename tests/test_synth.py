@@ -249,21 +249,22 @@ def test_real_ct_tumours_land_in_the_organ(tmp_path, organ, ids):
 
 
 @pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")
-def test_relative_contrast_fixes_the_measured_weakness(tmp_path):
-  """docs/SYNTHESIS.md: on this unenhanced scan the absolute drop makes tumours fluid-dark; relative does not."""
+def test_realistic_contrast_fixes_the_measured_weakness(tmp_path):
+  """docs/SYNTHESIS.md: on this unenhanced scan the absolute drop makes tumours fluid-dark; realistic mode's
+  contrast relative to each tumour's local liver does not (the retired "relative" option did this before)."""
   import json
   from jaxseg.synth import nifti_tool
   image = os.path.join(REAL_CT, "example_ct.nii.gz")
   seg = os.path.join(REAL_CT, "example_ct_seg.nii.gz")
   figs = {}
-  for contrast in ("absolute", "relative"):
-    s = nifti_tool.synthesize_file(image, seg, "liver", str(tmp_path / contrast), seed=2, size_class="medium",
-                                   mask_labels=(5,), contrast=contrast)
-    figs[contrast] = s["figures"]
+  for mode, size in (("patch", "medium"), ("realistic", None)):
+    s = nifti_tool.synthesize_file(image, seg, "liver", str(tmp_path / mode), seed=2, size_class=size,
+                                   mask_labels=(5,), mode=mode)
+    figs[mode] = s["figures"]
   print(json.dumps(figs))
   # median contrast ratio: real metastases 0.26; the absolute rule about 0.7 here.
-  assert abs(figs["relative"]["contrast_ratio"][0] - 0.26) < abs(figs["absolute"]["contrast_ratio"][0] - 0.26)
-  assert figs["relative"]["tumor_mean_hu"][0] > figs["absolute"]["tumor_mean_hu"][0]
+  assert abs(figs["realistic"]["contrast_ratio"][0] - 0.26) < abs(figs["patch"]["contrast_ratio"][0] - 0.26)
+  assert figs["realistic"]["tumor_mean_hu"][0] > figs["patch"]["tumor_mean_hu"][0]
 
 
 def test_several_organs_cost_one_synthesis_per_firing_sample_and_match_the_single_organ_result():

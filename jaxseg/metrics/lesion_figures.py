@@ -12,13 +12,19 @@ component; components under ``min_volume_mm3`` are dropped):
     from any tumour);
   edge_ratio_s1 = mean |grad HU| (HU/mm) on the component's boundary voxels (tumour voxels with a
     6-neighbour outside it) / the same mean over interior parenchyma, both on the CT smoothed with a
-    Gaussian of sigma 1 mm.
+    Gaussian of sigma 1 mm; edge_grad_s1 is the numerator, edge_width_mm = contrast_hu / edge_grad_s1 (a
+    contrast-independent width of the transition);
+  n_boundary: the number of those boundary voxels; sphericity_boundary = n_boundary of a digital ball with
+    the component's volume on the same grid / n_boundary (1 for a ball, lower for a lobulated or irregular
+    outline). real_lesions.json records n_vox and n_boundary per lesion, so the real lesions' value is known
+    (``boundary_sphericity_of_counts``).
 
 Pure numpy / scipy. ``summarize`` gives n, median, p10, p90, mean, min and max per figure, pooled over images.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -29,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 FIGURES = ("volume_mm3", "eq_diam_mm", "mean_hu", "std_hu", "shell_mean_hu", "contrast_hu", "rel_contrast",
-           "std_ratio", "edge_ratio_s1")
+           "std_ratio", "edge_ratio_s1", "edge_grad_s1", "edge_width_mm", "n_boundary", "sphericity_boundary")
 _C26 = np.ones((3, 3, 3), bool)
 _C6 = ndimage.generate_binary_structure(3, 1)
 
@@ -41,6 +47,27 @@ def _grad(ct: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 
 def _mean(x: np.ndarray) -> float:
   return float(x.mean()) if x.size else math.nan
+
+
+@functools.lru_cache(maxsize=4096)
+def ball_boundary_voxels(n_vox: int, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> int:
+  """Boundary voxels (a 6-neighbour outside) of the digital ball of ``n_vox`` voxels on a grid of ``spacing``.
+
+  The ball is the n_vox voxels nearest (in mm) to a voxel centre, so its volume matches exactly.
+  """
+  sp = np.asarray(spacing, np.float64)
+  r_mm = (3.0 * n_vox * sp.prod() / (4.0 * math.pi)) ** (1.0 / 3.0)
+  half = np.ceil(r_mm / sp).astype(int) + 2
+  axes = [np.arange(-h, h + 1) * s for h, s in zip(half, sp)]
+  x, y, z = np.meshgrid(*axes, indexing="ij")
+  dist = np.sqrt(x * x + y * y + z * z)
+  ball = dist <= np.sort(dist.ravel())[int(n_vox) - 1]
+  return int((ball & ~ndimage.binary_erosion(ball, structure=_C6, border_value=1)).sum())
+
+
+def boundary_sphericity_of_counts(n_vox: int, n_boundary: int, spacing=(1.0, 1.0, 1.0)) -> float:
+  """sphericity_boundary from a component's voxel and boundary-voxel counts (e.g. real_lesions.json)."""
+  return ball_boundary_voxels(int(n_vox), tuple(float(s) for s in spacing)) / float(n_boundary)
 
 
 def measure_lesions(ct: np.ndarray, liver: np.ndarray, tumor: np.ndarray, spacing: Sequence[float],
@@ -89,7 +116,11 @@ def measure_lesions(ct: np.ndarray, liver: np.ndarray, tumor: np.ndarray, spacin
     r["contrast_hu"] = r["shell_mean_hu"] - r["mean_hu"]
     r["rel_contrast"] = r["contrast_hu"] / r["shell_mean_hu"] if r["shell_mean_hu"] else math.nan
     r["std_ratio"] = r["std_hu"] / interior_std if interior_std else math.nan
-    r["edge_ratio_s1"] = _mean(grad_s1[sl][boundary]) / bg_s1 if bg_s1 else math.nan
+    r["edge_grad_s1"] = _mean(grad_s1[sl][boundary])
+    r["edge_ratio_s1"] = r["edge_grad_s1"] / bg_s1 if bg_s1 else math.nan
+    r["edge_width_mm"] = r["contrast_hu"] / r["edge_grad_s1"] if r["edge_grad_s1"] else math.nan
+    r["n_boundary"] = int(boundary.sum())
+    r["sphericity_boundary"] = boundary_sphericity_of_counts(int(counts[i]), r["n_boundary"], tuple(sp))
     out.append(r)
   return out
 
@@ -138,6 +169,17 @@ REAL_LIVER_METASTASES = {
     "edge_ratio_s1": (2.250, 2.503, 2.972),
     "mean_hu": (76.04, 89.92, 108.44),
     "shell_mean_hu": (109.40, 117.64, 125.73),
+    "edge_width_mm": (0.6425, 2.444, 2.969),
+}
+# The same 7 lesions resampled to 1 mm (real_lesions.json, source ircad_p1_iso1): sphericity_boundary from
+# each lesion's n_vox and n_boundary there (boundary_sphericity_of_counts; the native grid's counts are
+# anisotropic), and the figures that change most with the grid.
+REAL_LIVER_METASTASES_1MM = {
+    "sphericity_boundary": (0.7607, 0.8302, 0.8640),
+    "rel_contrast": (0.0709, 0.256, 0.3196),
+    "std_ratio": (1.0817, 1.5244, 1.7098),
+    "edge_ratio_s1": (2.262, 2.7925, 3.2824),
+    "eq_diam_mm": (13.71, 19.40, 37.78),
 }
 
 

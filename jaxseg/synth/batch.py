@@ -14,8 +14,14 @@ from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
 from jaxseg import labels as labels_lib
-from jaxseg.synth import spec as spec_lib
+from jaxseg.synth import realistic, spec as spec_lib
+from jaxseg.synth.profile_file import resolve_profile
 from jaxseg.synth.synthesizer import draw, render
+
+
+def uses_realistic(spec: spec_lib.ProfileSpec) -> bool:
+  """Realistic mode renders hypodense profiles with realistic.py; the others render as patch mode."""
+  return spec.mode == "realistic" and spec.intensity == "hypodense" and spec.realistic is not None
 
 
 def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, key: jax.Array, profile,
@@ -33,8 +39,8 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
     key: typed jax.random key.
     profile: organ profile (a ConfigDict from profiles.py, or a spec.ProfileSpec).
     size_class: static size class; None draws one uniformly from the profile's classes.
-    contrast: "absolute" (published HU drop) or "relative" (to the organ's local HU).
-    mode: "patch" or "reference" (deformation and texture statistics; see docs/SYNTHESIS.md).
+    contrast: "absolute" (published HU drop; "relative" is retired, use mode "realistic").
+    mode: "patch", "reference" or "realistic" (see docs/SYNTHESIS.md).
     min_spacing_mm: finest spacing the static sizes serve (default 1 mm, or the ProfileSpec's).
     centers, center_ok: optional tumour sites in patch coordinates (placement.draw_sites); else drawn on the
       patch's organ.
@@ -44,10 +50,16 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
   Returns:
     (image_hu float32 [X, Y, Z], tumor_mask bool [X, Y, Z]). With no organ voxel the image is unchanged.
   """
-  sp = spec_lib.make_spec(profile, contrast=contrast, size_class=size_class, mode=mode,
+  sp = spec_lib.make_spec(resolve_profile(profile), contrast=contrast, size_class=size_class, mode=mode,
                           min_spacing_mm=min_spacing_mm)
   if not isinstance(spacing, jax.core.Tracer):
     spec_lib.check_spacing(np.asarray(spacing), sp.min_spacing_mm)
+  if uses_realistic(sp):
+    d = realistic.draw(key, sp, tuple(image_hu.shape))
+    out, tumor, _ = realistic.render(jnp.asarray(image_hu, jnp.float32), jnp.asarray(organ_mask, bool),
+                                     jnp.asarray(spacing, jnp.float32), d, sp,
+                                     blocked=None if blocked is None else jnp.asarray(blocked, bool))
+    return out, tumor
   d = draw(key, sp, tuple(image_hu.shape), class_index=class_index)
   out, tumor, _ = render(jnp.asarray(image_hu, jnp.float32), jnp.asarray(organ_mask, bool),
                          jnp.asarray(spacing, jnp.float32), d, sp, centers=centers, center_ok=center_ok,
@@ -65,7 +77,7 @@ def organ_specs(organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict) -
   for o in organs:
     if o not in profiles:
       raise ValueError(f"config.synth.profiles has no profile for organ {o!r}")
-    specs.append(spec_lib.make_spec(profiles[o], name=o, contrast=contrast, mode=mode, min_spacing_mm=min_spacing))
+    specs.append(spec_lib.make_spec(resolve_profile(profiles[o], o), name=o, contrast=contrast, mode=mode, min_spacing_mm=min_spacing))
   return specs
 
 
@@ -126,6 +138,10 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
         organ_lab = labels_lib.organ_label(organs, organs[i])
         organ = lab == organ_lab
         blocked = (lab != 0) & ~organ
+        if uses_realistic(specs[i]):
+          d = realistic.draw(k_synth, specs[i], tuple(img.shape))
+          out, tumor, ex = realistic.render(img, organ, sp, d, specs[i], blocked=blocked, label=lab)
+          return out, jnp.where(tumor, labels_lib.tumor_label(organs, organs[i]), ex["label"]).astype(lab.dtype)
         d = draw(k_synth, specs[i], tuple(img.shape))
         if reference:
           n = sum(g.slots for g in specs[i].groups)

@@ -17,6 +17,7 @@ def check_synth_config(config) -> None:
   s = config.synth
   mode = str(s.mode)
   spec_lib.mode_settings(mode)
+  spec_lib.check_contrast(str(s.contrast))
   if not 0.0 <= float(s.prob) <= 1.0:
     raise ValueError(f"config.synth.prob must be in [0, 1], got {s.prob}")
   ms = spec_lib.check_min_spacing(float(s.min_spacing_mm))

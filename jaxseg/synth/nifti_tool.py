@@ -68,9 +68,10 @@ def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, s
     seed: key seed.
     size_class: fixed size class, or None to draw one.
     mask_labels: label ids of the organ in the mask file; empty: any non-zero voxel.
-    contrast: "absolute" or "relative".
+    contrast: "absolute" ("relative" is retired: ValueError pointing to mode "realistic").
     mode: "reference" (sites drawn on the whole organ by the published rule, its deformation and texture
-      statistics) or "patch" (sites drawn by the device on the volume as a patch).
+      statistics), "patch" (sites drawn by the device on the volume as a patch) or "realistic" (patch
+      placement, tumours calibrated on real lesions; the size class does not apply).
 
   The static tumour boxes are sized for the file's own finest spacing, so tumours have the same size in mm
   at any spacing from 0.5 to 5 mm (outside that range: ValueError naming the spacing).
@@ -105,7 +106,8 @@ def synthesize_file(image_path: str, mask_path: str, organ: str, out_dir: str, s
     spec_lib.check_spacing(spacing, float(spacing.min()))
   except ValueError as e:
     raise ValueError(f"{image_path}: {e}") from None
-  sp = spec_lib.make_spec(profiles[organ], name=organ, contrast=contrast, size_class=size_class, mode=mode,
+  sp = spec_lib.make_spec(profiles[organ], name=organ, contrast=contrast,
+                          size_class=None if mode == "realistic" else size_class, mode=mode,
                           min_spacing_mm=float(spacing.min()))
   if mode == "reference":
     centres, ok = placement.draw_sites(om.astype(np.uint8), np.argwhere(om), 1, spacing, sp,

@@ -28,8 +28,44 @@ Fields of one profile (all lengths in millimetres; converted with the patch's vo
   fat_fill, fat_hu_max: raise voxels <= fat_hu_max HU inside the tumour to the organ's non-fat mean first.
   edge_sigma_mm: (lo, hi) of the soft-edge Gaussian.
   texture_*: the texture recipe of step 4 (sigma banks in mm, rescale, Bernoulli, beta).
-  relative_r, relative_noise_k: the relative-contrast option (config.synth.contrast = "relative"): tumour =
-    local organ mean * (1 - r), texture amplitude = k * the organ's own noise std.
+  realistic: the ingredients of config.synth.mode = "realistic" (jaxseg/synth/realistic.py), below.
+  profile_file: "" or a python file whose get_profile() returns this organ's profile (profile_file.py), e.g.
+    the calibration tool's output: ``--config.synth.profiles.liver.profile_file=profile.py``.
+
+Fields of ``realistic`` (docs/SYNTHESIS.md, "Realistic mode"; defaults fitted by launch/calibrate_synthesis.py
+on the real liver metastases of real_lesions.json, source ircad_p1_iso1; every ingredient can be switched off):
+  count: inclusive (lo, hi) tumours per synthesis (static slots: hi).
+  diameter_mm, diameter_skew: (lo, hi) of the equivalent diameter (6 V / pi)^(1/3) of the whole lesion, drawn
+    log-uniformly, bent by the skew (realistic.skewed: > 0 towards hi, < 0 towards lo, 0 uniform); the
+    lobulated shape is scaled to that volume.
+  axis_factor: (lo, hi) of each semi-axis of the main ellipsoid (ovoid), before the volume scaling.
+  lobes: inclusive (lo, hi) count of extra overlapping ellipsoids (0: one ellipsoid).
+  lobe_size: (lo, hi) of a lobe's radius as a share of the main lobe's.
+  lobulation: (lo, hi) of a lobe centre's offset from the main centre, as a share of the main radius
+    (0: lobes inside the main ellipsoid, no lobulation).
+  irregularity: (lo, hi) std of a smooth 3D deformation (3 x 3 x 3 control points) as a share of the radius.
+  roughness_mm, roughness_scale_mm: (lo, hi) std (mm) of fine bumps of the outline: smoothed noise of
+    roughness_scale_mm added to the depth ((0, 0): a smooth outline).
+  contrast, contrast_skew: (lo, hi) (and skew, as diameter_skew's) of the tumour's mean relative drop: mean
+    over the tumour of (local organ HU - tumour HU)
+    / local organ HU, where local organ HU is a Gaussian (local_sigma_mm) mean of the organ around this
+    tumour's centre (per tumour; nothing is standardised over the draw).
+  std_ratio, heterogeneity: (lo, hi) of the tumour's HU std / the organ interior's std; the smoothed noise
+    (texture_sigma_mm) added inside the tumour brings it there (heterogeneity False: no added noise).
+  edge_width_mm: (lo, hi) of the 10-90% width of the inner intensity transition.
+  label_at_outer_edge: the label ends at the transition's outer (10%) edge, as real annotations do (False: at
+    its middle, as the published rule's soft edge is).
+  core_depth_mm, core_share: the drop keeps growing towards the centre over core_depth_mm past the
+    transition; core_share of the drop is that growth (0: a flat plateau).
+  replace_vessels, vessel_k: inside the tumour, voxels further than vessel_k x the organ's std from the local
+    organ HU (vessels; partial-volume fat at the organ's edge) are pulled to the local organ HU before the
+    drop (replaced by tumour tissue).
+  rim_prob, rim_hu, rim_offset_mm, rim_sigma_mm, rim_min_volume_mm3: with probability rim_prob a tumour of at
+    least rim_min_volume_mm3 gets a ring rim_hu brighter than the organ, a Gaussian of rim_sigma_mm centred
+    rim_offset_mm outside its label (0: no rim).
+  mass_effect_mm: (lo, hi) of the outward displacement of the tissue and labels at the tumour's edge, decaying
+    as 1 / r^2 beyond it (volume-preserving); (0, 0) switches it off (and its cost).
+  local_sigma_mm: the Gaussian scale of the local organ HU.
 """
 
 from __future__ import annotations
@@ -73,9 +109,49 @@ def _base_profile() -> ml_collections.ConfigDict:
   p.texture_base = (0.04, 0.06)
   p.texture_u0 = (0.5, 0.55)
   p.texture_threshold = 0.12
-  p.relative_r = (0.1, 0.35)
-  p.relative_noise_k = 1.1
+  p.realistic = realistic_defaults()
+  p.profile_file = ""
   return p
+
+
+def realistic_defaults() -> ml_collections.ConfigDict:
+  """The realistic mode's ingredients (module docstring).
+
+  diameter_mm, contrast, std_ratio, edge_width_mm and roughness_mm are what
+  ``python launch/calibrate_synthesis.py --figures=real_lesions.json:ircad_p1_iso1 --organ=liver`` fits (7
+  real liver metastases; docs/SYNTHESIS.md); the lobes, core darkening (5-8 mm) and rim (3 of 6 lesions of
+  at least 500 mm^3, 5-10 HU, 0.5-3 mm outside) follow what a reader sees on the same lesions.
+  """
+  r = ml_collections.ConfigDict()
+  r.count = (1, 3)
+  r.diameter_mm = (12.9, 46.5)
+  r.diameter_skew = -0.757
+  r.axis_factor = (0.75, 1.25)
+  r.lobes = (0, 3)
+  r.lobe_size = (0.45, 0.8)
+  r.lobulation = (0.4, 0.9)
+  r.irregularity = (0.04, 0.1)
+  r.roughness_mm = (0.51, 1.54)
+  r.roughness_scale_mm = 1.5
+  r.contrast = (-0.052, 0.281)
+  r.contrast_skew = 1.287
+  r.std_ratio = (1.30, 1.75)
+  r.heterogeneity = True
+  r.texture_sigma_mm = 1.5
+  r.edge_width_mm = (1.12, 1.86)
+  r.label_at_outer_edge = True
+  r.core_depth_mm = (5.0, 8.0)
+  r.core_share = 0.5
+  r.replace_vessels = True
+  r.vessel_k = 1.5
+  r.rim_prob = 0.5
+  r.rim_hu = (5.0, 10.0)
+  r.rim_offset_mm = 1.5
+  r.rim_sigma_mm = 0.8
+  r.rim_min_volume_mm3 = 500.0
+  r.mass_effect_mm = (0.5, 2.0)
+  r.local_sigma_mm = 10.0
+  return r
 
 
 def liver_profile() -> ml_collections.ConfigDict:

@@ -135,24 +135,11 @@ def render_numpy(image: np.ndarray, organ: np.ndarray, spacing: np.ndarray, d: d
     if spec.fat_fill:
       fill = _mean(img, organ & (img > spec.fat_hu_max), spec.fat_hu_max)
       img_in = np.where(organ & (img <= spec.fat_hu_max), img + edge * (fill - img), img)
-    if spec.contrast == "relative":
-      sig_l = 10.0 / spacing
-      local = ndimage.gaussian_filter(np.where(organ, img, 0.0), sig_l) / np.maximum(
-          ndimage.gaussian_filter(organ.astype(np.float32), sig_l), 1e-3)
-      local = np.maximum(local, 0.0)
-      interior = organ & ~tumor
-      noise_std = float((img - local)[interior].std()) if interior.any() else 0.0
-      t_mean = _mean(tex, tumor, 0.0)
-      t_std = max(float(tex[tumor].std()) if tumor.any() else 1.0, 1e-3)
-      drop = edge * (d["rel_r"] * local + spec.relative_noise_k * noise_std * (tex - t_mean) / t_std)
-      tissue_mean = organ_mean * (1.0 - d["rel_r"])
-    else:
-      drop = tex * edge * d["delta"]
-      tissue_mean = organ_mean
+    drop = tex * edge * d["delta"]
     out = np.where(organ, img_in - drop, img)
     if free_union.any():
       edge_free = ndimage.gaussian_filter(free_union.astype(np.float32), sig_e)
-      tissue = tissue_mean - tex * (d["delta"] if spec.contrast == "absolute" else 0.0)
+      tissue = organ_mean - tex * d["delta"]
       out = np.where(organ, out, img + edge_free * (tissue - img))
   return out.astype(np.float32), tumor
 
@@ -173,7 +160,7 @@ def draw_numpy(rng: np.random.Generator, spec: ProfileSpec) -> dict[str, Any]:
   return dict(class_index=ci, groups=groups, sigma_a_mm=float(rng.choice(spec.texture_sigma_a_mm)),
               sigma_b_mm=float(rng.choice(spec.texture_sigma_b_mm)), scale=u(spec.texture_scale),
               base=u(spec.texture_base), u0=u(spec.texture_u0), edge_sigma_mm=u(spec.edge_sigma_mm),
-              delta=u(spec.delta), mass_hu=u(spec.mass_hu), rel_r=u(spec.relative_r))
+              delta=u(spec.delta), mass_hu=u(spec.mass_hu))
 
 
 def synthesize_numpy(image: np.ndarray, organ: np.ndarray, spacing, rng: np.random.Generator,

@@ -14,11 +14,17 @@ from typing import Any
 import numpy as np
 
 from jaxseg.synth.profiles import SIZE_CLASSES, SIZE_GROUPS
+from jaxseg.synth.realistic_spec import RealisticSpec, realistic_spec
 
 CENTER_RULES = ("eroded", "wall", "organ")
 INTENSITY_RULES = ("hypodense", "replace")
-CONTRASTS = ("absolute", "relative")
-MODES = ("reference", "patch")
+CONTRASTS = ("absolute",)
+# Retired contrast rules -> the one-line reason (docs/SYNTHESIS.md, "Realistic mode").
+RETIRED_CONTRASTS = {
+    "relative": "config.synth.contrast='relative' is retired: it standardised one texture over all tumours of "
+                "a draw, which shifted whole tumours by about +-24 HU and made 15-31% of them brighter than the "
+                "organ; use config.synth.mode='realistic' (contrast relative to each tumour's local organ HU)"}
+MODES = ("reference", "patch", "realistic")
 DEFORMATIONS = ("field3d", "sequential2d")
 TEXTURE_RESCALES = ("patch", "bank")
 MIN_SPACING_MM = 1.0   # default finest spacing the static box and morphology sizes are made for
@@ -92,12 +98,12 @@ class ProfileSpec:
   texture_base: tuple[float, float]
   texture_u0: tuple[float, float]
   texture_threshold: float
-  relative_r: tuple[float, float]
-  relative_noise_k: float
   contrast: str = "absolute"
   min_spacing_mm: float = MIN_SPACING_MM   # static sizes (boxes, morphology) are made for this spacing
   deformation: str = "field3d"             # "field3d" (one smooth 3D field) | "sequential2d" (reference)
   texture_rescale: str = "patch"           # "patch" (per-patch min-max and mean) | "bank" (reference)
+  mode: str = "patch"                      # config.synth.mode: "reference" | "patch" | "realistic"
+  realistic: RealisticSpec | None = None  # the realistic ingredients (profile.realistic); None: not available
 
   def half_extent_mm(self, group: "GroupSpec") -> float:
     """Largest distance from the centre a tumour of ``group`` can reach, in mm.
@@ -142,12 +148,26 @@ def check_spacing(spacing, min_spacing_mm: float, where: str = "spacing") -> Non
 
 
 def mode_settings(mode: str) -> dict:
-  """What a synthesis mode changes in the spec (placement itself is the loader's; see docs/SYNTHESIS.md)."""
+  """What a synthesis mode changes in the spec (placement itself is the loader's; see docs/SYNTHESIS.md).
+
+  "realistic" places like "patch" (sites drawn in the patch, crops centred on an organ voxel) and renders
+  with jaxseg/synth/realistic.py where the profile's intensity rule is hypodense; elsewhere it renders as
+  "patch" (no real lesions to calibrate a soft-tissue mass on).
+  """
   if mode not in MODES:
     raise ValueError(f"config.synth.mode must be one of {MODES}, got {mode!r}")
   if mode == "reference":
-    return dict(deformation="sequential2d", texture_rescale="bank")
-  return dict(deformation="field3d", texture_rescale="patch")
+    return dict(deformation="sequential2d", texture_rescale="bank", mode=mode)
+  return dict(deformation="field3d", texture_rescale="patch", mode=mode)
+
+
+def check_contrast(contrast: str) -> str:
+  """config.synth.contrast, or a one-line ValueError (a retired rule names its replacement)."""
+  if contrast in RETIRED_CONTRASTS:
+    raise ValueError(RETIRED_CONTRASTS[contrast])
+  if contrast not in CONTRASTS:
+    raise ValueError(f"config.synth.contrast must be one of {CONTRASTS}, got {contrast!r}")
+  return contrast
 
 
 def bank_constants(sigma_a_mm: float, sigma_b_mm: float) -> tuple[float, float, float, float]:
@@ -167,9 +187,9 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
   Args:
     profile: one organ profile (profiles.py), or an existing ProfileSpec.
     name: organ name for error messages.
-    contrast: "absolute" or "relative" (config.synth.contrast).
+    contrast: "absolute" (config.synth.contrast; "relative" is retired: ValueError).
     size_class: if given, only this class is drawn and groups it does not use get no slots (faster).
-    mode: "patch" or "reference" (config.synth.mode): the deformation and texture rescale it implies;
+    mode: "patch", "reference" or "realistic" (config.synth.mode): the deformation and texture rescale it implies;
       None keeps a ProfileSpec's own (a ConfigDict gets "patch").
     min_spacing_mm: finest spacing the static sizes must serve (config.synth.min_spacing_mm); None keeps a
       ProfileSpec's own (a ConfigDict gets 1 mm).
@@ -177,6 +197,7 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
   Returns:
     The ProfileSpec.
   """
+  check_contrast(contrast)
   extra = {}
   if mode is not None or not isinstance(profile, ProfileSpec):
     extra.update(mode_settings(mode or "patch"))
@@ -189,8 +210,6 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
     profile, name = None, spec.name
   else:
     spec = None
-  if contrast not in CONTRASTS:
-    raise ValueError(f"config.synth.contrast must be one of {CONTRASTS}, got {contrast!r}")
   if spec is not None and size_class is not None:
     classes = (spec.class_index(size_class),)
     groups = tuple(dataclasses.replace(g, count_lo=(g.count_lo[classes[0]],), count_hi=(g.count_hi[classes[0]],),
@@ -242,8 +261,7 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
       texture_sigma_b_mm=tuple(float(s) for s in p.texture_sigma_b_mm),
       texture_scale=_pair(p.texture_scale, "texture_scale"), texture_base=_pair(p.texture_base, "texture_base"),
       texture_u0=_pair(p.texture_u0, "texture_u0"), texture_threshold=float(p.texture_threshold),
-      relative_r=_pair(p.relative_r, "relative_r"), relative_noise_k=float(p.relative_noise_k), contrast=contrast,
-      **extra)
+      contrast=contrast, realistic=realistic_spec(p, name) if "realistic" in p else None, **extra)
   if spec.texture_rescale == "bank":
     for sa in spec.texture_sigma_a_mm:
       for sb in spec.texture_sigma_b_mm:

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from jaxseg import labels as labels_lib
 from jaxseg.registry import Registry
 from jaxseg.synth.batch import apply_synthesis
+from jaxseg.synth import spec as spec_lib
 from jaxseg.synth.config import check_synth_config
 
 
@@ -94,8 +95,7 @@ def check_synthesizer_config(config: ml_collections.ConfigDict) -> None:
   entry = SYNTHESIZERS.get(config.synth.name)
   if not 0.0 <= config.synth.prob <= 1.0:
     raise ValueError(f"synth.prob: {config.synth.prob} must be in [0, 1]")
-  if config.synth.contrast not in ("absolute", "relative"):
-    raise ValueError(f"synth.contrast: {config.synth.contrast!r} is not absolute or relative")
+  spec_lib.check_contrast(str(config.synth.contrast))
   for organ in config.data.organs:
     if organ not in config.synth.profiles:
       raise ValueError(f"synth.profiles: no profile for organ {organ!r} of data.organs")

@@ -80,7 +80,6 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...], class_index:
   d["edge_sigma_mm"] = urange(spec.edge_sigma_mm)
   d["delta"] = urange(spec.delta)
   d["mass_hu"] = urange(spec.mass_hu)
-  d["rel_r"] = urange(spec.relative_r)
   return d
 
 
@@ -466,25 +465,11 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
       img_in = jnp.where(organ & (img <= spec.fat_hu_max), img + edge * (fill - img), img)
     else:
       img_in = img
-    if spec.contrast == "relative":
-      sig_l = 10.0 / spacing
-      local = ops.gaussian_blur(jnp.where(organ, img, 0.0), sig_l) / jnp.maximum(
-          ops.gaussian_blur(organ.astype(jnp.float32), sig_l), 1e-3)
-      local = jnp.maximum(local, 0.0)
-      interior = organ & ~tumor
-      resid = img - local
-      noise_std = jnp.sqrt(jnp.maximum(_masked_mean(resid ** 2, interior, 0.0) - _masked_mean(resid, interior, 0.0) ** 2, 0.0))
-      t_mean = _masked_mean(texture, tumor, 0.0)
-      t_std = jnp.sqrt(jnp.maximum(_masked_mean((texture - t_mean) ** 2, tumor, 1.0), 1e-6))
-      drop = edge * (d["rel_r"] * local + spec.relative_noise_k * noise_std * (texture - t_mean) / t_std)
-      tissue_mean = organ_mean * (1.0 - d["rel_r"])
-    else:
-      drop = texture * edge * d["delta"]
-      tissue_mean = organ_mean
+    drop = texture * edge * d["delta"]
     out = jnp.where(organ, img_in - drop, img)
     if free is not None:
       edge_free = ops.gaussian_blur(free.astype(jnp.float32), sig_e)
-      tissue = tissue_mean - texture * (d["delta"] if spec.contrast == "absolute" else 0.0)
+      tissue = organ_mean - texture * d["delta"]
       out = jnp.where(organ, out, img + edge_free * (tissue - img))
   extras = dict(texture=texture, edge=edge, allowed=allowed, candidates=cand,
                 centers=jnp.concatenate(centers_out, axis=0) if centers_out else jnp.zeros((0, 3), jnp.int32))
