@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from jaxseg.io.nifti import read_volume
 from jaxseg.metrics import lesion_figures
-from jaxseg.synth import realistic, spec as spec_lib
+from jaxseg.synth import realism, realistic, spec as spec_lib
 from jaxseg.synth.profiles import default_profiles_config
 
 # (profile field, figure, how the range is inverted)
@@ -185,7 +185,6 @@ def forward_model(shell_hu: float, noise_hu: float, spacing_mm: float = 1.0, n: 
   Returns:
     One row per measured tumour: its lesion figures plus "param_<field>" (the drawn value).
   """
-  from jaxseg.synth import realism  # pylint: disable=import-outside-toplevel  # realism imports the loader
   vol = realism.phantom_volume(n, shell_hu, noise_hu, seed=seed, spacing_mm=spacing_mm, texture_mm=texture_mm)
   p = default_profiles_config()[organ] if base is None else copy.deepcopy(base)
   r = p.realistic
