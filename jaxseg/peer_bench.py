@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxseg import parallel
 from jaxseg.config_checks import resolve_config
+from jaxseg.models.conv import Conv3D
 from jaxseg.infer.bench import benchmark_sliding_window
 from jaxseg.train.benchmark import measure_train_step
 
@@ -142,4 +143,40 @@ def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int],
     rows.append({"work": f"synthetic liver tumours, {size}, 96^3 at 1 mm, per patch",
                  "field": "published generator (quoted)", "field_s": PUBLISHED_SYNTH_MS[size] / 1e3,
                  "jaxseg_s": ms / 1e3, "ratio": round(PUBLISHED_SYNTH_MS[size] / ms, 2)})
+  return rows
+
+
+# One 3^3 convolution per U-Net stage of ResEnc M at a 64^3 patch: (channels, spatial side).
+CONV_LAYERS = ((32, 64), (64, 32), (128, 16), (320, 8))
+
+
+def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: int = 2, repeats: int = 3) -> list[dict]:
+  """One C -> C 3^3 convolution, forward and backward: PyTorch's Conv3d (oneDNN) against jaxseg's Conv3D.
+
+  The isolated layer says whether a train-step gap is the convolution itself (and at which stage), and is
+  cheap enough to repeat under each XLA flag (XLA_FLAGS is read at start-up, so one process per setting).
+  Returns one row per layer: PyTorch seconds, jaxseg seconds per ``conv`` implementation, and the ratios.
+  """
+  import torch  # pylint: disable=import-outside-toplevel  # Optional: the bench extra.
+  rows = []
+  rng = np.random.default_rng(0)
+  for channels, side in layers:
+    x = rng.standard_normal((batch, side, side, side, channels), dtype=np.float32)
+    tx = torch.tensor(x.transpose(0, 4, 1, 2, 3)).requires_grad_(True)
+    conv = torch.nn.Conv3d(channels, channels, 3, padding=1)
+
+    def torch_step():
+      conv(tx).square().mean().backward()
+
+    row = {"channels": channels, "side": side, "torch_s": round(_median_time(torch_step, repeats), 4)}
+    xj = jax.numpy.asarray(x)
+    for impl in ("native", "depth_folded"):
+      layer = Conv3D(channels, (3, 3, 3), impl=impl)
+      params = layer.init(jax.random.key(0), xj[:1])
+      grad = jax.jit(jax.grad(lambda p, v, layer=layer: jax.numpy.mean(jax.numpy.square(layer.apply(p, v))),
+                              argnums=(0, 1)))
+      seconds = _median_time(lambda grad=grad, params=params: jax.block_until_ready(grad(params, xj)), repeats)
+      row[f"{impl}_s"] = round(seconds, 4)
+      row[f"ratio_{impl}"] = round(row["torch_s"] / seconds, 3)
+    rows.append(row)
   return rows

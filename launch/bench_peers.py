@@ -8,6 +8,7 @@ sliding window with the same network, against jaxseg's train step and sliding wi
 synthesizer per 96^3 liver patch against the published generator's per-call times on this machine class
 (quoted: it cannot be vendored). Ratio = the field's time / jaxseg's time (above 1: jaxseg is faster).
 Repeat the command and report the spread: a shared machine is noisy, a ratio from one run is not.
+``--conv_layers`` times one 3^3 convolution per stage instead (run it under each XLA_FLAGS to compare flags).
 """
 
 import json
@@ -25,6 +26,8 @@ _WINDOW_BATCH = flags.DEFINE_integer("window_batch", 2, "Windows per batch in th
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (median).")
 _SYNTH = flags.DEFINE_list("synth_sizes", ["tiny", "small", "medium", "large", "mix"],
                            "Size classes for the synthesis rows (empty: skip them).")
+_CONV_LAYERS = flags.DEFINE_bool("conv_layers", False, "Only time one 3^3 convolution per ResEnc M stage "
+                                  "(forward + backward) against PyTorch's Conv3d, and print the ratios.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -40,6 +43,15 @@ def main(argv):
     import dynamic_network_architectures  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:
     raise ValueError(f"bench_peers: {e.name} is not installed; run pip install -e \".[bench]\"") from None
+  if _CONV_LAYERS.value:
+    rows = peer_bench.conv_layer_ratios(repeats=_REPEATS.value)
+    print("| channels, side | PyTorch s | native s | depth-folded s | ratio native / depth-folded |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+      print(f"| {r['channels']}, {r['side']}^3 | {r['torch_s']:.3g} | {r['native_s']:.3g} | "
+            f"{r['depth_folded_s']:.3g} | {r['ratio_native']:.2f} / {r['ratio_depth_folded']:.2f} |")
+    print(json.dumps(rows))
+    return
   synth_ms = {s: synth_bench.benchmark("liver", s, 96, 1, 1.0, repeats=5, numpy_repeats=0)["jax_per_patch_ms"]
               for s in _SYNTH.value if s}
   rows = peer_bench.compare(_CONFIG.value, _BATCH.value, [int(s) for s in _PATCH.value],
