@@ -12,6 +12,7 @@ import pytest
 
 from jaxseg import labels as labels_lib
 from jaxseg import scaling
+from jaxseg.synth.profile_file import flat_fields
 from jaxseg.default_config import config_from_file
 from jaxseg.metrics.bootstrap import crossed_bootstrap
 
@@ -25,16 +26,6 @@ def toy_data(tmp_path_factory):
   return str(tmp_path_factory.mktemp("scaling") / "phantoms")
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_data, monkeypatch):
   from jaxseg.data import cache, pipeline, split  # pylint: disable=import-outside-toplevel
   from jaxseg.data.pipeline import make_train_loader  # pylint: disable=import-outside-toplevel
@@ -44,12 +35,12 @@ def test_arms_draw_the_same_cases_and_patches_and_differ_only_in_synthesis(toy_d
   assert scaling.run_names(config) == ["synth_n0_s0", "real_n1_s0", "synth_n1_s0", "real_n2_s0", "synth_n2_s0"]
   # The configs: the same but for the synthesis switch.
   real, synth = scaling.run_config(config, "real_n2_s0"), scaling.run_config(config, "synth_n2_s0")
-  fr, fs = _flat(real.to_dict()), _flat(synth.to_dict())
+  fr, fs = flat_fields(real.to_dict()), flat_fields(synth.to_dict())
   assert {k for k in fr if fr[k] != fs.get(k)} == {"synth.enabled"}
   assert fr["synth.enabled"] is False and fs["synth.enabled"] is True and fr["data.num_real_tumor_cases"] == 2
 
   # The realistic arm: the same as real+synth but for the synthesis mode.
-  realistic = _flat(scaling.run_config(config, "realistic_n2_s0").to_dict())
+  realistic = flat_fields(scaling.run_config(config, "realistic_n2_s0").to_dict())
   assert {k for k in fs if fs[k] != realistic.get(k)} == {"synth.mode"} and realistic["synth.mode"] == "realistic"
 
   cache_dir = prepare_data(config.data)

@@ -39,7 +39,7 @@ from jaxseg.synth.synthesizer import draw, render
 PER_CASE = ("n_tumours", "crop_any_tumour", "pos_crop_any_tumour")
 PER_TUMOUR = ("eq_diam_mm", "sphericity_faces", "darkening_hu", "mottle", "centre_axial_frac")
 FIGURES = PER_CASE + PER_TUMOUR
-ORGAN_IDS = {"liver": (5,)}   # TotalSegmentator ids in the fixture (its README)
+ORGAN_IDS = {"liver": (5,), "kidney": (2, 3), "pancreas": (7,)}   # TotalSegmentator ids in the fixture (its README)
 PATCH = (96, 96, 96)
 # The reference figures were measured with ONE prebuilt texture, get_predefined_texture(shape, 9, 4)
 # (reference_behaviour.json's doc), not the bank's mix of sigmas: the mottle figure depends on it, so jaxseg
@@ -64,20 +64,27 @@ class Fixture:
   pts: np.ndarray         # int32 [N, 3] organ voxels
 
 
-def load_fixture(real_ct_dir: str, organ: str = "liver", spacing_mm: float = 1.0) -> Fixture:
-  """Reads example_ct(.nii.gz) and its label map, resamples to ``spacing_mm`` (CT order 1, mask order 0)."""
+def read_fixture(real_ct_dir: str, organ: str = "liver") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The fixture's CT (float32 HU), ``organ`` mask (bool) and spacing (mm), canonical RAS, native grid."""
   import nibabel as nib  # pylint: disable=import-outside-toplevel
   if organ not in ORGAN_IDS:
-    raise ValueError(f"--organ: fidelity figures exist for {sorted(ORGAN_IDS)}, not {organ!r}")
+    raise ValueError(f"--organ: the fixture labels {sorted(ORGAN_IDS)}, not {organ!r}")
   paths = [os.path.join(real_ct_dir, f) for f in ("example_ct.nii.gz", "example_ct_seg.nii.gz")]
   for p in paths:
     if not os.path.exists(p):
       raise ValueError(f"{p}: not found (JAXSEG_REAL_CT_DIR should be the real CT fixture folder)")
   img = nib.as_closest_canonical(nib.load(paths[0]))
   seg = nib.as_closest_canonical(nib.load(paths[1]))
-  zoom = np.asarray(img.header.get_zooms()[:3], np.float64) / spacing_mm
-  ct = ndimage.zoom(np.asarray(img.dataobj, np.float32), zoom, order=1)
-  mask = ndimage.zoom(np.isin(np.asarray(seg.dataobj), ORGAN_IDS[organ]).astype(np.uint8), zoom, order=0) > 0
+  return (np.asarray(img.dataobj, np.float32), np.isin(np.asarray(seg.dataobj), ORGAN_IDS[organ]),
+          np.asarray(img.header.get_zooms()[:3], np.float64))
+
+
+def load_fixture(real_ct_dir: str, organ: str = "liver", spacing_mm: float = 1.0) -> Fixture:
+  """Reads example_ct(.nii.gz) and its label map, resamples to ``spacing_mm`` (CT order 1, mask order 0)."""
+  ct, mask, sp = read_fixture(real_ct_dir, organ)
+  zoom = sp / spacing_mm
+  ct = ndimage.zoom(ct, zoom, order=1)
+  mask = ndimage.zoom(mask.astype(np.uint8), zoom, order=0) > 0
   pts = np.argwhere(mask).astype(np.int32)
   box = tuple(slice(int(a), int(b) + 1) for a, b in zip(pts.min(0), pts.max(0)))
   return Fixture(ct, mask, np.full(3, spacing_mm, np.float32), box, pts)

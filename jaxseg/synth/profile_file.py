@@ -19,11 +19,12 @@ import ml_collections
 from jaxseg.synth.profiles import default_profiles_config
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+def flat_fields(d: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested dict as {"a.b.c": value} (how profile fields are named on the command line)."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flat_fields(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -50,8 +51,8 @@ def load_profile_file(path: str, organ: str = "organ") -> ml_collections.ConfigD
   profile = module.get_profile()
   if not isinstance(profile, ml_collections.ConfigDict):
     raise ValueError(f"{where}: get_profile() returned {type(profile).__name__}, not an ml_collections.ConfigDict")
-  known = _flat(default_profiles_config().liver.to_dict())
-  unknown = sorted(set(_flat(profile.to_dict())) - set(known))
+  known = flat_fields(default_profiles_config().liver.to_dict())
+  unknown = sorted(set(flat_fields(profile.to_dict())) - set(known))
   if unknown:
     raise ValueError(f"{where}: unknown profile field {unknown[0]!r}")
   return profile
@@ -66,8 +67,8 @@ def resolve_profile(profile: Any, organ: str = "organ") -> Any:
     return profile
   loaded = load_profile_file(str(profile.profile_file), organ)
   defaults = default_profiles_config()
-  base = _flat(defaults[organ].to_dict()) if organ in defaults else {}
-  given = _flat(profile.to_dict())
+  base = flat_fields(defaults[organ].to_dict()) if organ in defaults else {}
+  given = flat_fields(profile.to_dict())
   merged = loaded.to_dict()
   for key, value in given.items():
     if key == "profile_file" or (key in base and base[key] == value):

@@ -13,7 +13,6 @@ such voxels), so the shell of a tumour is parenchyma, as around the real lesions
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +21,10 @@ from scipy import ndimage
 
 from jaxseg.data.pipeline import crop
 from jaxseg.metrics import lesion_figures
-from jaxseg.synth import placement, realistic, spec as spec_lib
+from jaxseg.synth import fidelity, placement, realistic, spec as spec_lib
 from jaxseg.synth.batch import uses_realistic
 from jaxseg.synth.synthesizer import draw, render
 
-ORGAN_IDS = {"liver": (5,), "kidney": (2, 3), "pancreas": (7,)}   # TotalSegmentator ids in the fixture
 
 
 @dataclasses.dataclass
@@ -44,22 +42,12 @@ def load_fixture_organ(real_ct_dir: str, organ: str = "liver", spacing_mm: float
   Cropping before resampling keeps this to a second or two (the fixture is 3 mm; the whole volume at 1 mm
   is 37 M voxels).
   """
-  import nibabel as nib  # pylint: disable=import-outside-toplevel
-  if organ not in ORGAN_IDS:
-    raise ValueError(f"--organ: the fixture labels {sorted(ORGAN_IDS)}, not {organ!r}")
-  paths = [os.path.join(real_ct_dir, f) for f in ("example_ct.nii.gz", "example_ct_seg.nii.gz")]
-  for p in paths:
-    if not os.path.exists(p):
-      raise ValueError(f"{p}: not found (JAXSEG_REAL_CT_DIR should be the real CT fixture folder)")
-  img = nib.as_closest_canonical(nib.load(paths[0]))
-  seg = nib.as_closest_canonical(nib.load(paths[1]))
-  sp = np.asarray(img.header.get_zooms()[:3], np.float64)
-  mask = np.isin(np.asarray(seg.dataobj), ORGAN_IDS[organ])
+  ct, mask, sp = fidelity.read_fixture(real_ct_dir, organ)
   pts = np.argwhere(mask)
   m = np.ceil(margin_mm / sp).astype(int)
   box = tuple(slice(max(int(a) - k, 0), int(b) + 1 + k) for a, b, k in zip(pts.min(0), pts.max(0), m))
   zoom = sp / spacing_mm
-  ct = ndimage.zoom(np.asarray(img.dataobj, np.float32)[box], zoom, order=1)
+  ct = ndimage.zoom(ct[box], zoom, order=1)
   organ_mask = ndimage.zoom(mask[box].astype(np.uint8), zoom, order=0) > 0
   return Volume(ct, organ_mask, np.full(3, spacing_mm, np.float32))
 
