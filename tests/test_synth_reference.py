@@ -31,7 +31,7 @@ def _ellipsoid(n, radii=(0.85, 0.75, 0.8), centre=(0.0, 0.0, 0.0)):
 def test_control_displacements_interpolate_as_the_references_cubic_spline():
   """The reference's elastic passes interpolate 3 control values with scipy's map_coordinates(order=3) at
   linspace(0, 2, N) (elasticdeform.deform_grid); the device weights reproduce it to float32 rounding, and
-  differ from a quadratic through the same points (what reference mode used before: 6% rounder tumours)."""
+  differ from a quadratic through the same points (what reference mode used before: too-round large tumours)."""
   from scipy import ndimage
   x = np.linspace(0.0, 2.0, 57)
   w = np.stack([np.asarray(v) for v in sy.bspline3_weights(jnp.asarray(x, jnp.float32))])
