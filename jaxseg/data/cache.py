@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 
 import numpy as np
@@ -169,6 +170,18 @@ def list_cases(cache_dir: str) -> list[dict]:
   return sorted(cases, key=lambda c: c["case_id"])
 
 
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps its recursion
+# depth in state shared by threads: Grain's reader threads loading cases at once can fail with "SystemError:
+# AST constructor recursion depth mismatch" (python/cpython#106905), which killed a 2,000-step study run at
+# step 900. Opening a memory map is a header read, so holding a lock for it costs nothing measurable.
+_NPY_LOCK = threading.Lock()
+
+
+def _load_npy(path: str, mmap: bool) -> np.ndarray:
+  with _NPY_LOCK:
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
 def load_meta(cache_dir: str, case_id: str) -> dict:
   path = os.path.join(case_dir(cache_dir, case_id), "meta.json")
   if not os.path.exists(path):
@@ -189,14 +202,12 @@ def load_case(cache_dir: str, case_id: str, mmap: bool = True) -> tuple[np.ndarr
   """
   meta = load_meta(cache_dir, case_id)
   d = case_dir(cache_dir, case_id)
-  mode = "r" if mmap else None
-  return (np.load(os.path.join(d, "image.npy"), mmap_mode=mode),
-          np.load(os.path.join(d, "label.npy"), mmap_mode=mode), meta)
+  return _load_npy(os.path.join(d, "image.npy"), mmap), _load_npy(os.path.join(d, "label.npy"), mmap), meta
 
 
 def load_locations(cache_dir: str, case_id: str, meta: dict | None = None,
                    mmap: bool = True) -> dict[int, np.ndarray]:
   """Per-class voxel locations of a case: {label id: uint16 [N, 3]} (a sample when the class is large)."""
   meta = meta if meta is not None else load_meta(cache_dir, case_id)
-  locs = np.load(os.path.join(case_dir(cache_dir, case_id), "locs.npy"), mmap_mode="r" if mmap else None)
+  locs = _load_npy(os.path.join(case_dir(cache_dir, case_id), "locs.npy"), mmap)
   return {int(k): locs[a:b] for k, (a, b) in meta["locs"].items()}
