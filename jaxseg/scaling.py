@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import os
 
 import ml_collections
@@ -42,6 +41,7 @@ from jaxseg.data.pipeline import make_train_loader
 from jaxseg.data.prepare import prepare_data
 from jaxseg.infer.evaluate import evaluate_checkpoint
 from jaxseg.metrics.bootstrap import crossed_bootstrap
+from jaxseg.metrics.compare import CASE_METRICS, case_figure, read_case_figures
 from jaxseg.train.loop import train_and_evaluate
 
 ARMS = ("real", "real+synth", "real+realistic")
@@ -51,9 +51,6 @@ _PREFIX = {"real": "real", "real+synth": "synth", "real+realistic": "realistic"}
 PAIRS = (("real+synth", "real"), ("real+realistic", "real"), ("real+realistic", "real+synth"))
 METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
            "fp_per_control_case", "organ_dsc")
-# The per-case figures the statistics are computed from (numerator, denominator per held-out case).
-CASE_METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
-                "fp_per_control_case", "organ_dsc")
 # The table's columns: (key, heading, digits).
 TABLE = (("tumor_dsc", "tumour DSC", 3), ("tumor_sensitivity", "tumour-wise sensitivity", 2),
          ("specificity", "specificity", 2), ("fp_per_control_case", "FP per control", 2),
@@ -107,46 +104,6 @@ def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.C
   return c
 
 
-def _read_cases_csv(path: str) -> list[dict]:
-  """Per-case figures from an evaluation's cases.csv (first organ label and first tumour label)."""
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-
-  def num(v):
-    return float(v) if v not in ("", None) else math.nan
-
-  tumor_label = next((r["label"] for r in rows if r["is_tumor"] == "1"), None)
-  organ_label = next((r["label"] for r in rows if r["is_tumor"] == "0"), None)
-  out = {}
-  for r in rows:
-    c = out.setdefault(r["case"], {"case": r["case"]})
-    if r["label"] == tumor_label:
-      c.update(tumor_case=r["tumor_case"] == "1", tumor_dsc=num(r["dsc"]), tumor_nsd=num(r["nsd"]),
-               gt_tumors=int(num(r["gt_tumors"])), detected_tumors=int(num(r["detected_tumors"])),
-               case_positive=r["case_positive"] == "1", fp_components=int(num(r["fp_components"])))
-    elif r["label"] == organ_label:
-      c["organ_dsc"] = num(r["dsc"])
-  return [out[k] for k in sorted(out)]
-
-
-def case_figure(case: dict, metric: str) -> tuple[float, float]:
-  """(numerator, denominator) of ``metric`` for one held-out case (denominator 0: the case does not count)."""
-  tumor = bool(case.get("tumor_case"))
-  if metric in ("tumor_dsc", "tumor_nsd", "organ_dsc"):
-    v = case.get(metric, math.nan)
-    ok = np.isfinite(v) and (tumor or metric == "organ_dsc")
-    return (float(v), 1.0) if ok else (0.0, 0.0)
-  if metric == "tumor_sensitivity":
-    return (float(case["detected_tumors"]), float(case["gt_tumors"])) if tumor else (0.0, 0.0)
-  if metric == "patient_sensitivity":
-    return (float(case["case_positive"]), 1.0) if tumor else (0.0, 0.0)
-  if metric == "specificity":
-    return (0.0, 0.0) if tumor else (float(not case["case_positive"]), 1.0)
-  if metric == "fp_per_control_case":
-    return (0.0, 0.0) if tumor else (float(case["fp_components"]), 1.0)
-  raise ValueError(f"unknown per-case metric {metric!r}")
-
-
 def _ood_eval(config, workdir: str) -> tuple[dict, list[dict]]:
   """Evaluates the run's final checkpoint on the out-of-distribution data set named by scaling.ood."""
   spec = config.scaling.ood
@@ -158,7 +115,7 @@ def _ood_eval(config, workdir: str) -> tuple[dict, list[dict]]:
   out_dir = os.path.join(workdir, "eval", "ood")
   summary = evaluate_checkpoint(workdir, spec, None, config.eval, out_dir)
   return ({f"ood_{k}": summary.get(k, float("nan")) for k in METRICS},
-          _read_cases_csv(os.path.join(out_dir, "cases.csv")))
+          read_case_figures(os.path.join(out_dir, "cases.csv")))
 
 
 def run_one(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
@@ -179,7 +136,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   row = {"run": name, "arm": arm, "num_real": n, "seed": seed, "steps": int(c.train.num_steps)}
   row.update({k: summary.get(k, float("nan")) for k in METRICS})
   eval_dir = summary.get("eval_dir") or os.path.join(run_dir, "eval", f"step_{int(c.train.num_steps)}")
-  row["cases"] = _read_cases_csv(os.path.join(eval_dir, "cases.csv"))
+  row["cases"] = read_case_figures(os.path.join(eval_dir, "cases.csv"))
   if config.scaling.ood:
     ood, row["ood_cases"] = _ood_eval(config, run_dir)
     row.update(ood)
