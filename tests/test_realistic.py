@@ -195,7 +195,11 @@ def _assert_within(med, ranges, figures):
 
 def test_figures_on_phantom_land_in_the_real_lesions_ranges():
   """A phantom liver with the real parenchyma's HU, noise and texture (enhanced-like): medians over 12
-  patches of contrast ratio, edge ratio, std ratio and boundary sphericity within the real [p10, p90]."""
+  patches of contrast ratio, edge ratio, std ratio and boundary sphericity within the real [p10, p90].
+
+  The tumours are measured on a 1 mm grid, so the edge ratio (a gradient figure, 2.50 native against 2.79
+  at 1 mm for the same real lesions) is held to the real lesions resampled to 1 mm; the contrast ratio,
+  nearly grid-free, to both."""
   vol = realism.phantom_volume(48, organ_hu=117.0, noise_hu=16.0, vessel_hu=60.0, seed=4)
   spec = _spec(diameter_mm=(10.0, 22.0))                    # whole tumours and their shell in 48 mm
   rows = realism.measure_mode(vol, spec, range(12), (48, 48, 48))
@@ -203,7 +207,7 @@ def test_figures_on_phantom_land_in_the_real_lesions_ranges():
   med = _medians(rows)
   print({k: round(v, 3) for k, v in med.items()})
   _assert_within(med, REAL_1MM, ("rel_contrast", "std_ratio", "edge_ratio_s1", "sphericity_boundary"))
-  _assert_within(med, REAL_NATIVE, ("rel_contrast", "edge_ratio_s1"))
+  _assert_within(med, REAL_NATIVE, ("rel_contrast",))
 
 
 @pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")
