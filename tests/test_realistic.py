@@ -182,6 +182,14 @@ def test_per_tumour_local_contrast_and_mass_effect_moves_labels():
   assert np.asarray(ex["organ"]).sum() > vol.organ.sum()              # pushed out of the organ's edge
 
 
+def test_brighter_count_and_its_exact_interval():
+  rows = [{"contrast_hu": c} for c in (5.0, -1.0, 3.0, float("nan"), 2.0, 4.0, 6.0, 7.0)]
+  assert realism.brighter_count(rows) == (1, 7)
+  lo, hi = realism.clopper_pearson(1, 7)            # the real lesions' 1 of 7
+  assert abs(lo - 0.00361) < 1e-4 and abs(hi - 0.57872) < 1e-4
+  assert realism.clopper_pearson(0, 5)[0] == 0.0 and realism.clopper_pearson(5, 5)[1] == 1.0
+
+
 def _medians(rows):
   s = lesion_figures.summarize(rows)
   return {k: s[k]["median"] for k in s}
