@@ -6,7 +6,9 @@
 Each seed is one patch centred deep in the liver (>= 15 mm inside) with that seed's tumours; every tumour is
 measured with jaxseg/metrics/lesion_figures.py (real_lesions.json's definitions). patch and reference modes
 draw their size class per seed (reference: sites drawn on the patch); realistic uses its calibrated
-profile. "phantom" is a liver with the real parenchyma's HU (117), noise (16 HU) and texture.
+profile. "phantom" is a liver with the real parenchyma's HU (117), noise (16 HU) and texture. "brighter" is
+the count of tumours brighter than their parenchyma shell with its exact binomial 95% interval (Clopper-Pearson),
+beside the real lesions' 1 of 7.
 """
 
 from __future__ import annotations
@@ -49,19 +51,24 @@ def main(argv):
   for m in _MODES.value:
     spec = spec_lib.make_spec(default_profiles_config().liver, name="liver", mode=m)
     rows = realism.measure_mode(vol, spec, range(_SEEDS.value), patch)
-    out[m] = {"rows": rows, "summary": lesion_figures.summarize(rows), "brighter_share": realism.brighter_share(rows)}
+    k, n = realism.brighter_count(rows)
+    out[m] = {"rows": rows, "summary": lesion_figures.summarize(rows), "brighter": [k, n],
+              "brighter_ci95": realism.clopper_pearson(k, n)}
   fmt = lambda v: "[" + ", ".join(f"{x:.3g}" for x in v) + "]" if v else "-"
-  for f in FIGURES + ("brighter_share", "n"):
+  real_ci = "1 of 7 [" + ", ".join(f"{x:.3f}" for x in realism.clopper_pearson(1, 7)) + "]"
+  for f in FIGURES + ("brighter", "n"):
     cells = []
     for m in _MODES.value:
-      if f == "brighter_share":
-        cells.append(f"{out[m]['brighter_share']:14.2f}")
+      if f == "brighter":
+        (k, n), (lo, hi) = out[m]["brighter"], out[m]["brighter_ci95"]
+        cells.append(f"  {k}/{n} [{lo:.2f}, {hi:.2f}]")
       elif f == "n":
         cells.append(f"{len(out[m]['rows']):14d}")
       else:
         s = out[m]["summary"].get(f)
         cells.append(f"{s['median']:14.3g}" if s else f"{'-':>14s}")
-    print(f"{f:20s} {fmt(real.get(f)):30s} {fmt(real_1mm.get(f)):26s} " + " ".join(cells))
+    ref = real_ci if f == "brighter" else fmt(real.get(f))
+    print(f"{f:20s} {ref:30s} {fmt(real_1mm.get(f)):26s} " + " ".join(cells))
   if _JSON.value:
     with open(_JSON.value, "w") as fh:
       json.dump(out, fh, indent=1, default=float)

@@ -182,6 +182,53 @@ def test_per_tumour_local_contrast_and_mass_effect_moves_labels():
   assert np.asarray(ex["organ"]).sum() > vol.organ.sum()              # pushed out of the organ's edge
 
 
+# Per key: tumour voxels, sha1 of the packed tumour mask and of the displaced label map, mean HU of the
+# output and mean |output - input| (HU), from the renderer before its speed-up (commit 9f24869: stacked
+# [K, X, Y, Z] fields, einsum depth, per-mask warps, box_morphology erosion).
+_BEFORE_SPEEDUP = (
+    (0, 2832, "d44ca8006c99d695", "5123663efade1df9", 92.7104, 3.0135),
+    (1, 3314, "82c89054d85fbda0", "2a13f0a703c56cfe", 93.3114, 4.4199),
+    (2, 9826, "4f3d509e2aa16d6f", "4bcc1f525419a1c5", 93.4344, 8.8578),
+    (3, 678, "c1eba31ebbe8fc9f", "5123663efade1df9", 93.3179, 0.7579),
+)
+
+
+def test_same_keys_same_tumours_as_before_the_speed_up():
+  """The faster renderer (per-axis fields, per-slot lists, shared nearest warp, scan erosion) gives the
+  same masks and labels bit for bit and the same image to 1e-3 HU on average, on a phantom with vessels,
+  a blocked organ and the mass effect on."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  n = 40
+  vol = realism.phantom_volume(n, 117.0, 16.0, vessel_hu=60.0, seed=7)
+  blocked = np.zeros_like(vol.organ)
+  blocked[:, :6] = True
+  organ = vol.organ & ~blocked
+  label = np.where(blocked, 3, np.where(organ, 1, 0)).astype(np.int32)
+  spec = _spec(diameter_mm=(10.0, 30.0))
+
+  @jax.jit
+  def fn(k):
+    d = realistic.draw(k, spec, (n,) * 3)
+    return realistic.render(jnp.asarray(vol.ct), jnp.asarray(organ), jnp.ones(3), d, spec,
+                            blocked=jnp.asarray(blocked), label=jnp.asarray(label))
+
+  digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+  for key, voxels, mask_sha, label_sha, mean_hu, change_hu in _BEFORE_SPEEDUP:
+    out, tumour, ex = fn(jax.random.key(key))
+    out, tumour = np.asarray(out, np.float64), np.asarray(tumour)
+    assert int(tumour.sum()) == voxels and digest(np.packbits(tumour)) == mask_sha, key
+    assert digest(np.asarray(ex["label"]).astype(np.int32)) == label_sha, key
+    assert abs(out.mean() - mean_hu) < 1e-3 and abs(np.abs(out - vol.ct).mean() - change_hu) < 1e-3, key
+
+
+def test_brighter_count_and_its_exact_interval():
+  rows = [{"contrast_hu": c} for c in (5.0, -1.0, 3.0, float("nan"), 2.0, 4.0, 6.0, 7.0)]
+  assert realism.brighter_count(rows) == (1, 7)
+  lo, hi = realism.clopper_pearson(1, 7)            # the real lesions' 1 of 7
+  assert abs(lo - 0.00361) < 1e-4 and abs(hi - 0.57872) < 1e-4
+  assert realism.clopper_pearson(0, 5)[0] == 0.0 and realism.clopper_pearson(5, 5)[1] == 1.0
+
+
 def _medians(rows):
   s = lesion_figures.summarize(rows)
   return {k: s[k]["median"] for k in s}
@@ -195,7 +242,11 @@ def _assert_within(med, ranges, figures):
 
 def test_figures_on_phantom_land_in_the_real_lesions_ranges():
   """A phantom liver with the real parenchyma's HU, noise and texture (enhanced-like): medians over 12
-  patches of contrast ratio, edge ratio, std ratio and boundary sphericity within the real [p10, p90]."""
+  patches of contrast ratio, edge ratio, std ratio and boundary sphericity within the real [p10, p90].
+
+  The tumours are measured on a 1 mm grid, so the edge ratio (a gradient figure, 2.50 native against 2.79
+  at 1 mm for the same real lesions) is held to the real lesions resampled to 1 mm; the contrast ratio,
+  nearly grid-free, to both."""
   vol = realism.phantom_volume(48, organ_hu=117.0, noise_hu=16.0, vessel_hu=60.0, seed=4)
   spec = _spec(diameter_mm=(10.0, 22.0))                    # whole tumours and their shell in 48 mm
   rows = realism.measure_mode(vol, spec, range(12), (48, 48, 48))
@@ -203,7 +254,7 @@ def test_figures_on_phantom_land_in_the_real_lesions_ranges():
   med = _medians(rows)
   print({k: round(v, 3) for k, v in med.items()})
   _assert_within(med, REAL_1MM, ("rel_contrast", "std_ratio", "edge_ratio_s1", "sphericity_boundary"))
-  _assert_within(med, REAL_NATIVE, ("rel_contrast", "edge_ratio_s1"))
+  _assert_within(med, REAL_NATIVE, ("rel_contrast",))
 
 
 @pytest.mark.skipif(not REAL_CT, reason="JAXSEG_REAL_CT_DIR is not set (real CT fixture)")

@@ -131,14 +131,14 @@ def realistic_defaults() -> ml_collections.ConfigDict:
   r.lobe_size = (0.45, 0.8)
   r.lobulation = (0.4, 0.9)
   r.irregularity = (0.04, 0.1)
-  r.roughness_mm = (0.51, 1.54)
+  r.roughness_mm = (0.50, 1.50)
   r.roughness_scale_mm = 1.5
-  r.contrast = (-0.052, 0.281)
+  r.contrast = (0.028, 0.315)
   r.contrast_skew = 1.287
   r.std_ratio = (1.30, 1.75)
   r.heterogeneity = True
   r.texture_sigma_mm = 1.5
-  r.edge_width_mm = (1.12, 1.86)
+  r.edge_width_mm = (1.78, 2.96)
   r.label_at_outer_edge = True
   r.core_depth_mm = (5.0, 8.0)
   r.core_share = 0.5

@@ -23,6 +23,9 @@ patch, on the profile's centre candidates):
 
 Everything is one pure function of (patch, organ, spacing, key, spec) with static shapes: slots with active
 masks, every tumour evaluated over the whole patch. ``draw`` makes every random choice, ``render`` the rest.
+Not in static boxes around each tumour: a box must hold the largest tumour the spec allows, and the liver's
+(46.5 mm, lobes reaching 2.1 main radii) reaches 52 mm from its centre, more than a 96^3 patch at 1 mm
+(the median tumour reaches 19 mm). Fields are built per axis and per slot instead (axis_coords).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.scipy import ndimage as jndimage
 from jax.scipy.special import ndtr
 
@@ -125,12 +129,27 @@ def _lagrange3(t: jax.Array) -> jax.Array:
   return jnp.stack([0.5 * t * (t - 1.0), 1.0 - t * t, 0.5 * t * (t + 1.0)], axis=-1)
 
 
+def _tensor_quadratic(c: jax.Array, w: list[jax.Array]) -> jax.Array:
+  """sum_ijk c[i, j, k] w0_i w1_j w2_k, contracted one axis at a time with scalar coefficients.
+
+  The same sum as einsum("ijk,...i,...j,...k->..."), which XLA on CPU ran as a [..., 3, 3, 3] product
+  over the whole patch: this form is 4x faster for the depth (96^3, three tumours), equal to 2e-5 mm.
+  """
+  out = 0.0
+  for i in range(3):
+    row = 0.0
+    for j in range(3):
+      row = row + (c[i, j, 0] * w[2][..., 0] + c[i, j, 1] * w[2][..., 1] + c[i, j, 2] * w[2][..., 2]) * w[1][..., j]
+    out = out + row * w[0][..., i]
+  return out
+
+
 def unit_depth(v: jax.Array, axes: jax.Array, lobe_center: jax.Array, lobe_radius: jax.Array,
                lobe_on: jax.Array, ctrl: jax.Array, irregularity: jax.Array) -> jax.Array:
   """Approximate signed distance (> 0 inside) to the lobulated shape, in units of the main radius.
 
   Args:
-    v: [3, ...] points in the tumour's rotated frame, in units of the main radius.
+    v: [3, ...] (or 3 broadcastable arrays) points in the tumour's rotated frame, in units of the main radius.
     axes: [3] main semi-axes; lobe_center [L, 3], lobe_radius [L], lobe_on [L]: the extra lobes (spheres).
     ctrl: [3, 3, 3, 3] control displacements (normals) at -2, 0, 2 per axis; irregularity: their std.
 
@@ -139,8 +158,7 @@ def unit_depth(v: jax.Array, axes: jax.Array, lobe_center: jax.Array, lobe_radiu
     for an ovoid) and the lobes (exact for a sphere): the union's signed distance, approximately.
   """
   w = [_lagrange3(jnp.clip(v[a] / 2.0, -1.0, 1.0)) for a in range(3)]
-  disp = jnp.einsum("mijk,...i,...j,...k->m...", ctrl, w[0], w[1], w[2])
-  v = v + irregularity * disp
+  v = [v[a] + irregularity * _tensor_quadratic(ctrl[a], w) for a in range(3)]
   q = jnp.sqrt(sum(jnp.square(v[a] / axes[a]) for a in range(3)))
   depth = (1.0 - q) * jnp.min(axes)
   for j in range(lobe_center.shape[0]):
@@ -166,20 +184,67 @@ def unit_volume(spec: ProfileSpec, axes, lobe_center, lobe_radius, lobe_on, ctrl
   return jnp.maximum(jnp.sum(inside) * step ** 3, step ** 3)
 
 
-def profile(depth_mm: jax.Array, edge_width_mm: jax.Array, core_depth_mm: jax.Array, spec: ProfileSpec
-            ) -> jax.Array:
-  """g(depth) in [0, 1]: the share of the full drop at a depth (mm, > 0 inside the label).
+def transition(depth_mm: jax.Array, edge_width_mm: jax.Array, spec: ProfileSpec) -> jax.Array:
+  """The share of the full drop at a depth (mm, > 0 inside the label) is g = transition x core_growth.
 
-  A Gaussian-CDF transition of 10-90% width edge_width_mm (its 10% point on the label boundary when
-  label_at_outer_edge, else its middle there), times 1 - core_share + core_share x min(depth / core_depth, 1):
-  darkening that keeps growing towards the centre instead of a plateau.
+  transition: a Gaussian-CDF of 10-90% width edge_width_mm (its 10% point on the label boundary when
+  label_at_outer_edge, else its middle there); also the weight of a tumour's added noise and vessel pull,
+  so render computes it once per tumour.
   """
+  mid = 0.5 * edge_width_mm if spec.realistic.label_at_outer_edge else 0.0
+  return ndtr((depth_mm - mid) / (edge_width_mm / _Z90))
+
+
+def core_growth(depth_mm: jax.Array, core_depth_mm: jax.Array, spec: ProfileSpec) -> jax.Array:
+  """1 - core_share + core_share x min(depth / core_depth, 1): darkening that keeps growing towards the
+  centre instead of a plateau."""
   r = spec.realistic
-  sig = edge_width_mm / _Z90
-  mid = 0.5 * edge_width_mm if r.label_at_outer_edge else 0.0
-  t = ndtr((depth_mm - mid) / sig)
-  core = 1.0 - r.core_share + r.core_share * jnp.clip(depth_mm / core_depth_mm, 0.0, 1.0)
-  return t * core
+  return 1.0 - r.core_share + r.core_share * jnp.clip(depth_mm / core_depth_mm, 0.0, 1.0)
+
+
+def box_erosion(m: jax.Array, radius: jax.Array, rmax: int) -> jax.Array:
+  """ops.box_morphology(m, radius, (rmax,) * 3, erode=True), by window sums of a cumulative sum.
+
+  A voxel stays where every voxel of its box (half-widths ``radius``, traced, cut to rmax; outside the
+  patch counts as inside) is set. Two shifted reads of a cumulative sum per axis instead of 2 x rmax
+  shifted copies: the same mask, 110 -> 12 ms at 96^3 with rmax 5 (an associative scan: jnp.cumsum ran
+  as a quadratic reduce_window on CPU, 44 ms).
+  """
+  for axis in range(m.ndim):
+    r = jnp.minimum(radius[axis], rmax)
+    pad = [(0, 0)] * m.ndim
+    pad[axis] = (rmax + 1, rmax)
+    c = lax.associative_scan(jnp.add, jnp.pad(m.astype(jnp.int32), pad, constant_values=1), axis=axis)
+    n = m.shape[axis]
+    upper = lax.dynamic_slice_in_dim(c, rmax + 1 + r, n, axis)      # sum up to i + r
+    lower = lax.dynamic_slice_in_dim(c, rmax - r, n, axis)          # sum up to i - r - 1
+    m = (upper - lower) == 2 * r + 1
+  return m
+
+
+def _reduce(op, arrays: list[jax.Array]) -> jax.Array:
+  out = arrays[0]
+  for a in arrays[1:]:
+    out = op(out, a)
+  return out
+
+
+def _argmax_slot(depth: list[jax.Array]) -> jax.Array:
+  """jnp.argmax(jnp.stack(depth), axis=0) (the first slot on ties) without stacking."""
+  best, owner = depth[0], jnp.zeros(depth[0].shape, jnp.int32)
+  for k in range(1, len(depth)):
+    better = depth[k] > best
+    best, owner = jnp.where(better, depth[k], best), jnp.where(better, k, owner)
+  return owner
+
+
+def select_slot(owner: jax.Array, per_slot: jax.Array) -> jax.Array:
+  """per_slot[owner] at every voxel (owner int [X, Y, Z], per_slot [K]) as a chain of K selects: the same
+  values as jnp.take, without a per-voxel gather (slow on CPU)."""
+  out = jnp.broadcast_to(per_slot[0], owner.shape)
+  for k in range(1, per_slot.shape[0]):
+    out = jnp.where(owner == k, per_slot[k], out)
+  return out
 
 
 def _slot_weights(shape, centers: jax.Array, spacing: jax.Array, sigma_mm: float) -> list[jax.Array]:
@@ -191,6 +256,15 @@ def _slot_weights(shape, centers: jax.Array, spacing: jax.Array, sigma_mm: float
   return out
 
 
+def axis_coords(shape: tuple[int, ...], axis: int) -> jax.Array:
+  """Voxel indices along ``axis`` as a float32 array broadcastable to ``shape`` ([X, 1, 1], ...).
+
+  Fields over the patch are built per axis from these and broadcast, never stacked as [3, X, Y, Z]: XLA on
+  CPU ran the stacked form of the mass effect's displacement 40x slower (227 -> 6 ms at 96^3, equal bits).
+  """
+  return jnp.arange(shape[axis], dtype=jnp.float32).reshape([-1 if b == axis else 1 for b in range(len(shape))])
+
+
 def _displace(image, organ, label, blocked, centers_mm, radius_mm, amount_mm, active, spacing):
   """Mass effect: tissue and labels pushed outwards from each tumour centre (backward warp).
 
@@ -198,21 +272,26 @@ def _displace(image, organ, label, blocked, centers_mm, radius_mm, amount_mm, ac
   divergence-free, volume-preserving push that fades within a few radii); image linear, labels nearest.
   """
   shape = image.shape
-  grid = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in shape], indexing="ij"))
-  pos = grid * spacing[:, None, None, None]
-  disp = jnp.zeros_like(pos)
+  grid = [axis_coords(shape, a) for a in range(3)]
+  pos = [grid[a] * spacing[a] for a in range(3)]
+  disp = [0.0, 0.0, 0.0]
   for i in range(centers_mm.shape[0]):
-    rel = pos - centers_mm[i][:, None, None, None]
-    dist = jnp.sqrt(jnp.sum(jnp.square(rel), axis=0)) + 1e-3
+    rel = [pos[a] - centers_mm[i, a] for a in range(3)]
+    dist = jnp.sqrt(jnp.square(rel[0]) + jnp.square(rel[1]) + jnp.square(rel[2])) + 1e-3
     rho = dist / radius_mm[i]
     mag = amount_mm[i] * jnp.where(rho < 1.0, rho, 1.0 / jnp.square(rho))
-    disp = disp + jnp.where(active[i], mag / dist, 0.0) * rel
-  src = grid - disp / spacing[:, None, None, None]
-  warp = lambda v, order: jndimage.map_coordinates(v, list(src), order=order, mode="nearest")
-  image = warp(image, 1)
-  organ = warp(organ.astype(jnp.float32), 0) > 0.5
-  label = None if label is None else warp(label.astype(jnp.float32), 0).astype(label.dtype)
-  blocked = None if blocked is None else warp(blocked.astype(jnp.float32), 0) > 0.5
+    push = jnp.where(active[i], mag / dist, 0.0)
+    disp = [disp[a] + push * rel[a] for a in range(3)]
+  src = [grid[a] - disp[a] / spacing[a] for a in range(3)]
+  image = jndimage.map_coordinates(image, src, order=1, mode="nearest")
+  # The masks' nearest-neighbour lookups share one index and one gather (map_coordinates order 0 with
+  # mode "nearest" is exactly this: round half away from zero, clip); one warp each was 3 gathers.
+  idx = tuple(jnp.clip(lax.round(src[a]).astype(jnp.int32), 0, n - 1) for a, n in enumerate(shape))
+  masks = [organ] + [m for m in (label, blocked) if m is not None]
+  moved = jnp.stack([m.astype(jnp.int32) for m in masks], axis=-1)[idx]
+  organ = moved[..., 0] > 0
+  label = None if label is None else moved[..., 1].astype(label.dtype)
+  blocked = None if blocked is None else moved[..., -1] > 0
   return image, organ, label, blocked
 
 
@@ -253,23 +332,24 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     img, organ, label, blocked = _displace(img, organ, label, blocked, cf * spacing, radius_mm, d["mass_mm"],
                                            active, spacing)
 
-  grid = [jnp.arange(n, dtype=jnp.float32) for n in shape]
-
   def depth_of(center, rot, scale, axes, lc, lr, lo, ctrl, irr):
-    rel = jnp.stack(jnp.broadcast_arrays(*[((grid[a] - center[a]) * spacing[a]).reshape(
-        [-1 if b == a else 1 for b in range(3)]) for a in range(3)]))                 # [3, X, Y, Z] mm
-    v = jnp.einsum("ab,b...->a...", rot, rel) / scale
+    rel = [(axis_coords(shape, a) - center[a]) * spacing[a] for a in range(3)]          # mm, per axis
+    v = [(rot[a, 0] * rel[0] + rot[a, 1] * rel[1] + rot[a, 2] * rel[2]) / scale for a in range(3)]
     return unit_depth(v, axes, lc, lr, lo, ctrl, irr) * scale
 
-  depth = jax.vmap(depth_of)(cf, rots, scale_mm, d["axes"], d["lobe_center"], d["lobe_radius"], d["lobe_on"],
-                             d["ctrl"], d["irregularity"])                           # [K, X, Y, Z] mm
+  # Per-slot fields are kept as lists of [X, Y, Z] arrays (K is static), reduced per slot and combined with
+  # elementwise max: XLA on CPU ran the stacked [K, X, Y, Z] forms several times slower (see axis_coords).
+  k_slots = range(d["active"].shape[0])
+  depth = [depth_of(cf[k], rots[k], scale_mm[k], d["axes"][k], d["lobe_center"][k], d["lobe_radius"][k],
+                    d["lobe_on"][k], d["ctrl"][k], d["irregularity"][k]) for k in k_slots]      # mm
   if r.roughness_mm[1] > 0:   # fine bumps of the outline (mm scale), on top of the smooth lobulated shape
     rough = smooth_unit_noise(d["rough_noise"], r.roughness_scale_mm, spacing, shape)
-    depth = depth + d["roughness_mm"][:, None, None, None] * rough[None]
-  depth = jnp.where(active[:, None, None, None], depth, -jnp.inf)
+    depth = [depth[k] + d["roughness_mm"][k] * rough for k in k_slots]
+  depth = [jnp.where(active[k], depth[k], -jnp.inf) for k in k_slots]
   allowed = organ if blocked is None else organ & ~blocked
-  masks = (depth >= 0.0) & allowed[None]                                              # [K, X, Y, Z]
-  tumor = jnp.any(masks, axis=0)
+  masks = [(dk >= 0.0) & allowed for dk in depth]
+  tumor = _reduce(jnp.logical_or, masks)
+  count = jnp.stack([jnp.maximum(jnp.sum(m), 1) for m in masks])
 
   # Per tumour: the local organ HU around its own centre and the organ interior's std.
   wx, wy, wz = _slot_weights(shape, cf, spacing, r.local_sigma_mm)
@@ -278,22 +358,19 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   den = jnp.einsum("kx,ky,kz,xyz->k", wx, wy, wz, om)
   local = jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), _masked_mean(img, organ, 0.0))   # [K] HU
   rmax = int(np.ceil(_INTERIOR_MM / spec.min_spacing_mm))
-  interior = ops.box_morphology(organ, jnp.round(_INTERIOR_MM / spacing).astype(jnp.int32), (rmax,) * 3, erode=True)
+  interior = box_erosion(organ, jnp.round(_INTERIOR_MM / spacing).astype(jnp.int32), rmax)
   interior = jnp.where(jnp.any(interior), interior, organ)
   organ_mean = _masked_mean(img, interior, 0.0)
   organ_std = jnp.sqrt(jnp.maximum(_masked_mean(jnp.square(img - organ_mean), interior, 0.0), 1e-6))
 
-  g = jax.vmap(lambda dm, w, c: profile(dm, w, c, spec))(depth, d["edge_width_mm"], d["core_depth_mm"])
-  g = jnp.where(active[:, None, None, None], g, 0.0)
-  count = jnp.maximum(jnp.sum(masks, axis=(1, 2, 3)), 1)
-  g_mean = jnp.maximum(jnp.sum(jnp.where(masks, g, 0.0), axis=(1, 2, 3)) / count, _MIN_MEAN_PROFILE)
-  drops = (d["contrast"] * local / g_mean)[:, None, None, None] * g                  # [K, X, Y, Z] HU
-  drop = jnp.max(drops, axis=0)
-  owner = jnp.argmax(depth, axis=0)                                                   # deepest tumour
-  pick = lambda per_slot: jnp.take(per_slot, owner)
-  mid = 0.5 * d["edge_width_mm"] if r.label_at_outer_edge else jnp.zeros_like(d["edge_width_mm"])
-  inside_w = jnp.max(jnp.where(active[:, None, None, None], ndtr(
-      (depth - mid[:, None, None, None]) / (d["edge_width_mm"] / _Z90)[:, None, None, None]), 0.0), axis=0)
+  t = [jnp.where(active[k], transition(depth[k], d["edge_width_mm"][k], spec), 0.0) for k in k_slots]
+  g = [t[k] * core_growth(depth[k], d["core_depth_mm"][k], spec) for k in k_slots]
+  g_mean = jnp.maximum(jnp.stack([jnp.sum(jnp.where(masks[k], g[k], 0.0)) for k in k_slots]) / count,
+                       _MIN_MEAN_PROFILE)
+  drop = _reduce(jnp.maximum, [(d["contrast"][k] * local[k] / g_mean[k]) * g[k] for k in k_slots])   # HU
+  owner = _argmax_slot(depth)                                                         # deepest tumour
+  pick = lambda per_slot: select_slot(owner, per_slot)
+  inside_w = _reduce(jnp.maximum, t)
 
   # Vessels: organ voxels inside a tumour far from the local HU (enhanced vessels; at the organ's edge,
   # partial-volume fat) become tumour tissue: pulled to the local HU.
@@ -308,20 +385,20 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   out = img_v - drop
   if r.heterogeneity:
     noise = smooth_unit_noise(d["noise"], r.texture_sigma_mm, spacing, shape)
-    mean_in = jnp.sum(jnp.where(masks, out[None], 0.0), axis=(1, 2, 3)) / count
-    var_in = jnp.sum(jnp.where(masks, jnp.square(out[None] - mean_in[:, None, None, None]), 0.0), axis=(1, 2, 3)) / count
+    mean_in = jnp.stack([jnp.sum(jnp.where(masks[k], out, 0.0)) for k in k_slots]) / count
+    var_in = jnp.stack([jnp.sum(jnp.where(masks[k], jnp.square(out - mean_in[k]), 0.0)) for k in k_slots]) / count
     amp = jnp.sqrt(jnp.maximum(jnp.square(d["std_ratio"] * organ_std) - var_in, 0.0))   # [K] HU
     out = out + pick(amp) * inside_w * noise
 
   # Rim: a ring a few HU bright just outside the label of large enough tumours.
   if r.rim_prob > 0:
-    vol = jnp.sum(masks, axis=(1, 2, 3)) * jnp.prod(spacing)
+    vol = count * jnp.prod(spacing)
     on = active & d["rim_on"] & (vol >= r.rim_min_volume_mm3)
-    ring = jnp.exp(-0.5 * jnp.square((-depth - r.rim_offset_mm) / r.rim_sigma_mm))
-    ring = jnp.where(on[:, None, None, None] & (depth < 0), d["rim_hu"][:, None, None, None] * ring, 0.0)
-    out = out + jnp.where(tumor, 0.0, jnp.max(ring, axis=0))
+    ring = [jnp.where(on[k] & (depth[k] < 0), d["rim_hu"][k] * jnp.exp(
+        -0.5 * jnp.square((-depth[k] - r.rim_offset_mm) / r.rim_sigma_mm)), 0.0) for k in k_slots]
+    out = out + jnp.where(tumor, 0.0, _reduce(jnp.maximum, ring))
 
   out = jnp.where(organ, out, img)
-  extras = dict(organ=organ, label=label, centers=jnp.where(active[:, None], centers, -1), depth_mm=depth,
+  extras = dict(organ=organ, label=label, centers=jnp.where(active[:, None], centers, -1), depth_mm=jnp.stack(depth),
                 local_hu=local, organ_std=organ_std)
   return out, tumor, extras
