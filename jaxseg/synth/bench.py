@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg.synth import placement, spec as spec_lib
-from jaxseg.synth.batch import apply_synthesis, synthesize
+from jaxseg.synth.batch import apply_synthesis, map_samples, synthesize
 from jaxseg.synth.profiles import default_profiles_config
 from jaxseg.synth.reference_numpy import synthesize_numpy
 
@@ -39,6 +39,8 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
               repeats: int = 10, numpy_repeats: int = 5, seed: int = 0, mode: str = "patch") -> dict:
   """Times compile, the median jitted batch call, and the median numpy call per patch.
 
+  The batch is mapped one patch at a time (batch.map_samples), as the train step does.
+
   Returns:
     A dict: organ, size, mode, patch, batch, device, compile_s, jax_batch_ms, jax_per_patch_ms,
     numpy_per_patch_ms (this repo's numpy oracle, patch-mode recipe), speedup (numpy per patch / jax per
@@ -60,10 +62,11 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
     sites = [placement.draw_sites(mask.astype(np.uint8), np.argwhere(mask), 1, spacing, sp_mode,
                                   np.random.default_rng(seed + b)) for b in range(batch)]
     extra = (jnp.asarray(np.stack([c for c, _ in sites])), jnp.asarray(np.stack([o for _, o in sites])))
-    fn = jax.jit(jax.vmap(lambda i, m, s, k, c, o: synthesize(i, m, s, k, sp_mode, centers=c, center_ok=o)))
+    fn = jax.jit(lambda *a: map_samples(lambda i, m, s, k, c, o: synthesize(i, m, s, k, sp_mode, centers=c,
+                                                                            center_ok=o), a))
   else:
     extra = ()
-    fn = jax.jit(jax.vmap(functools.partial(synthesize, profile=sp_mode)))
+    fn = jax.jit(lambda *a: map_samples(functools.partial(synthesize, profile=sp_mode), a))
   keys = [jax.random.split(jax.random.key(seed + i), batch) for i in range(repeats + 1)]
   t0 = time.perf_counter()
   compiled = fn.lower(images, masks, spacings, keys[0], *extra).compile()
