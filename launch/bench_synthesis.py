@@ -1,6 +1,7 @@
 """Times the jitted synthesizer against the numpy baseline in one run and prints one JSON line.
 
   python launch/bench_synthesis.py --organ=liver --size=medium --patch=96 --batch=2 [--mode=reference]
+  python launch/bench_synthesis.py --organ=liver --size=tiny --patch=96 --profile [--mode=reference]
 
 The output also carries the published generator's per-call time for the class (published_ms_96, measured
 on a 2-core machine at 96^3, 1 mm, textures prebuilt), the figure a speed-up claim must be stated against.
@@ -26,6 +27,8 @@ _NUMPY_REPEATS = flags.DEFINE_integer("numpy_repeats", 5, "Timed numpy calls (me
 _ORGAN_SETS = flags.DEFINE_list("organ_count", [], "Instead: time one batch of --batch samples (--fire of them "
                                  "firing) for each organ tuple, e.g. liver,liver+kidney,liver+kidney+pancreas.")
 _FIRE = flags.DEFINE_integer("fire", 1, "With --organ_count: samples of the batch that get a tumour.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Instead: time the whole-patch sub-steps of one patch "
+                             "(bench.profile_steps).")
 _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
                           "Synthesis mode (docs/SYNTHESIS.md; realistic ignores --size).")
 
@@ -33,6 +36,9 @@ _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
 def main(argv):
   del argv
   try:
+    if _PROFILE.value:
+      print(json.dumps(bench.profile_steps(_ORGAN.value, _SIZE.value, _PATCH.value, _MODE.value)))
+      return
     if _ORGAN_SETS.value:
       sets = [tuple(s.split("+")) for s in _ORGAN_SETS.value]
       print(json.dumps(bench.benchmark_organ_count(sets, _PATCH.value, _BATCH.value, _FIRE.value, _REPEATS.value)))

@@ -1,8 +1,8 @@
 """Synthetic tumours on a batch, inside the jitted and sharded train step.
 
-Each sample is handled alone (vmap), so the result for a given key does not depend on the batch size or on
-how the batch is split over devices. The organ of a sample selects its profile with lax.switch; under vmap
-every organ branch runs, so keep ``config.data.organs`` to the organs you train on.
+Each sample is handled alone (lax.map), so the result for a given key does not depend on the batch size or
+on how the batch is split over devices. The organ of a sample selects its profile with lax.switch, and only
+that branch runs for a sample that fires.
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
     mesh: the run's mesh (its "data" axis splits the batch); with several organs, each device then maps
       over its own samples.
 
-  With one organ the samples are vmapped. With several, a vmapped ``lax.switch`` would evaluate every organ's
-  synthesis for every sample (its index is batched), so the samples are mapped one by one instead
-  (``lax.map``, inside ``shard_map`` over the mesh's "data" axis when a mesh is given): the switch and the
-  "fire" condition then take scalar predicates, and each sample costs one organ's synthesis when it fires
-  and nothing when it does not, whatever the number of organs.
+  The samples are mapped one by one (``map_samples``: ``lax.map``, inside ``shard_map`` over the mesh's
+  "data" axis when a mesh is given), not vmapped: a vmapped ``lax.switch`` would evaluate every organ's
+  synthesis for every sample (its index is batched) and a vmapped condition every slot. Mapped, the switch
+  and the "fire" condition take scalar predicates, and each sample costs one organ's synthesis when it
+  fires and nothing when it does not, whatever the number of organs.
 
   Returns:
     (images [B, X, Y, Z], labels [B, X, Y, Z]) with the tumours and their tumour labels. A tumour never
@@ -154,22 +154,27 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
 
     idx = jnp.clip(organ_idx, 0, len(organs) - 1)
     branches = [branch(i) for i in range(len(organs))]
-    if len(organs) == 1:  # Vmapped: no switch, and a select is cheaper than a batched cond.
-      out, lab = branches[0]((image, label))
-      return jnp.where(fire, out, image), jnp.where(fire, lab, label)
-    return jax.lax.cond(fire, lambda a: jax.lax.switch(idx, branches, a), lambda a: a, (image, label))
+    synth = branches[0] if len(organs) == 1 else (lambda a: jax.lax.switch(idx, branches, a))
+    return jax.lax.cond(fire, synth, lambda a: a, (image, label))
 
   args = (images_hu, labels, batch["synth_organ"], batch["spacing"], keys, centers_all, ok_all)
-  if len(organs) == 1:
-    return jax.vmap(one)(*args)
-
-  def mapped(*local):
-    return jax.lax.map(lambda a: one(*a), local)
-
   if mesh is None or mesh.devices.size == 1:
-    return mapped(*args)
+    return map_samples(one, args)
   spec = PartitionSpec("data")
-  return jax.shard_map(mapped, mesh=mesh, in_specs=(spec,) * len(args), out_specs=(spec, spec))(*args)
+  return jax.shard_map(lambda *local: map_samples(one, local), mesh=mesh, in_specs=(spec,) * len(args),
+                       out_specs=(spec, spec))(*args)
+
+
+def map_samples(fn, args: tuple) -> tuple:
+  """fn over the leading axis of args, one sample at a time (lax.map), whatever the number of organs.
+
+  Mapped, the "fire" condition, the organ switch and the per-slot conditions inside the synthesizer take
+  scalar predicates, so a sample that does not fire and a tumour slot that is inactive cost nothing; under
+  vmap they become selects and every sample and slot is computed. On this 2-core CPU mapping was as fast or
+  faster at every batch measured (docs/SYNTHESIS.md, "Cost"); on an accelerator a vmapped batch would keep
+  more of the device busy, but was not measured, so the rule stays one path.
+  """
+  return jax.lax.map(lambda a: fn(*a), args)
 
 
 def slot_count(specs) -> int:

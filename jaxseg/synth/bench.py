@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg.synth import placement, spec as spec_lib
-from jaxseg.synth.batch import apply_synthesis, synthesize
+from jaxseg.synth.batch import apply_synthesis, map_samples, synthesize
 from jaxseg.synth.profiles import default_profiles_config
 from jaxseg.synth.reference_numpy import synthesize_numpy
 
@@ -39,6 +39,8 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
               repeats: int = 10, numpy_repeats: int = 5, seed: int = 0, mode: str = "patch") -> dict:
   """Times compile, the median jitted batch call, and the median numpy call per patch.
 
+  The batch is mapped one patch at a time (batch.map_samples), as the train step does.
+
   Returns:
     A dict: organ, size, mode, patch, batch, device, compile_s, jax_batch_ms, jax_per_patch_ms,
     numpy_per_patch_ms (this repo's numpy oracle, patch-mode recipe), speedup (numpy per patch / jax per
@@ -60,10 +62,11 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
     sites = [placement.draw_sites(mask.astype(np.uint8), np.argwhere(mask), 1, spacing, sp_mode,
                                   np.random.default_rng(seed + b)) for b in range(batch)]
     extra = (jnp.asarray(np.stack([c for c, _ in sites])), jnp.asarray(np.stack([o for _, o in sites])))
-    fn = jax.jit(jax.vmap(lambda i, m, s, k, c, o: synthesize(i, m, s, k, sp_mode, centers=c, center_ok=o)))
+    fn = jax.jit(lambda *a: map_samples(lambda i, m, s, k, c, o: synthesize(i, m, s, k, sp_mode, centers=c,
+                                                                            center_ok=o), a))
   else:
     extra = ()
-    fn = jax.jit(jax.vmap(functools.partial(synthesize, profile=sp_mode)))
+    fn = jax.jit(lambda *a: map_samples(functools.partial(synthesize, profile=sp_mode), a))
   keys = [jax.random.split(jax.random.key(seed + i), batch) for i in range(repeats + 1)]
   t0 = time.perf_counter()
   compiled = fn.lower(images, masks, spacings, keys[0], *extra).compile()
@@ -119,3 +122,48 @@ def benchmark_organ_count(organ_sets: list[tuple[str, ...]], patch: int, batch: 
     rows.append({"organs": list(organs), "batch": batch, "firing": fire, "patch": patch,
                  "batch_ms": round(1e3 * float(np.median(times)), 2)})
   return rows
+
+
+def _median_ms(fn, *args, repeats: int) -> float:
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  return round(1e3 * float(np.median(times)), 2)
+
+
+def profile_steps(organ: str, size: str, patch: int, mode: str = "patch", repeats: int = 7, seed: int = 0) -> dict:
+  """Median ms of the synthesis's whole-patch sub-steps, each jitted alone, on one phantom patch at 1 mm.
+
+  What a per-patch time cannot go below while these stay whole-patch passes: the draw (texture noise and
+  Bernoulli bytes over the coarse grid), the centre candidates' erosion (patch mode), the texture, and the
+  whole-patch edge blur the box-local blur replaces (box_blur.py); ``render`` and ``draw_render`` are the
+  whole synthesis of one patch.
+  """
+  from jaxseg.synth import ops, synthesizer as sy  # pylint: disable=import-outside-toplevel
+  shape = (patch,) * 3
+  spec = spec_lib.make_spec(default_profiles_config()[organ], name=organ, size_class=size, mode=mode)
+  image, mask = (jnp.asarray(a) for a in phantom_patch(patch, seed))
+  spacing = jnp.ones((3,), jnp.float32)
+  key = jax.random.key(seed)
+  d = jax.jit(lambda k: sy.draw(k, spec, shape))(key)
+  kw = {}
+  if mode == "reference":
+    m = np.asarray(mask).astype(np.uint8)
+    c, o = placement.draw_sites(m, np.argwhere(m), 1, np.ones(3, np.float32), spec, np.random.default_rng(seed))
+    kw = dict(centers=jnp.asarray(c), center_ok=jnp.asarray(o))
+  row = {"organ": organ, "size": size, "mode": mode, "patch": patch,
+         "draw": _median_ms(lambda k: sy.draw(k, spec, shape), key, repeats=repeats)}
+  if mode == "patch":
+    row["candidates"] = _median_ms(lambda o: sy._pick_candidates(o, spacing, spec), mask, repeats=repeats)  # pylint: disable=protected-access
+  row["texture"] = _median_ms(lambda d: sy.make_texture(d, spacing, shape, spec), d, repeats=repeats)
+  row["whole_patch_edge_blur"] = _median_ms(
+      lambda m: ops.gaussian_blur(m.astype(jnp.float32), d["edge_sigma_mm"] / spacing), mask, repeats=repeats)
+  row["render"] = _median_ms(lambda i, o, d: sy.render(i, o, spacing, d, spec, **kw)[0], image, mask, d,
+                             repeats=repeats)
+  row["draw_render"] = _median_ms(lambda i, o, k: sy.render(i, o, spacing, sy.draw(k, spec, shape), spec, **kw)[0],
+                                  image, mask, key, repeats=repeats)
+  return row

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.synth import ops, spec as spec_lib
+from jaxseg.synth import box_blur, ops, spec as spec_lib
 from jaxseg.synth.spec import ProfileSpec
 
 _FAR = 4.0          # shape-function value for "no tumour here" (tumour is <= 1)
@@ -268,8 +268,11 @@ def _slot_function(spec: ProfileSpec, grids, center, axes, dd, radius_mm, spacin
 
 
 def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tuple[int, ...],
-                  spec: ProfileSpec) -> tuple[jax.Array, jax.Array | None]:
-  """Union shape function of one size group over the patch: (clipped-kind, exophytic-kind or None).
+                  spec: ProfileSpec) -> tuple[jax.Array, jax.Array | None, box_blur.Boxes | None]:
+  """Union shape function of one size group over the patch: (clipped-kind, exophytic-kind or None, boxes).
+
+  ``boxes`` are the slots' boxes (starts, active, static sizes) when the group is evaluated in boxes, else
+  None (evaluated over the whole patch).
 
   ``centers`` may lie outside the patch (reference placement): the box is clamped into the patch but the
   shape is evaluated at true coordinates, so a tumour cut by the border is cut, and one whose box misses
@@ -307,7 +310,8 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
 
     init = (acc, acc_free) if want_free else (acc,)
     res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
-    return res[0], (res[1] if want_free else None)
+    starts = jnp.clip(centers - half, 0, hi).astype(jnp.int32)
+    return res[0], (res[1] if want_free else None), box_blur.Boxes(starts, gd["active"], tuple(sizes))
   if spec.deformation == "sequential2d":
     # Order-0 lookups are not smooth: evaluate at full resolution over the patch, one slot at a time.
     grids = [jnp.arange(n, dtype=jnp.float32) for n in shape]
@@ -323,7 +327,7 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
 
     init = (acc, acc_free) if want_free else (acc,)
     res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
-    return res[0], (res[1] if want_free else None)
+    return res[0], (res[1] if want_free else None), None
   step = spec_lib.coarse_step(g, spec)
   ups = [jnp.asarray(ops.linear_upsample_matrix(n, step)) for n in shape]
   grids = [step * jnp.arange(u.shape[1], dtype=jnp.float32) for u in ups]
@@ -333,8 +337,8 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
   if want_free:
     fr = gd["free"][:, None, None, None]
     return (ops.apply_separable(jnp.min(jnp.where(fr, _FAR, qs), axis=0), *ups),
-            ops.apply_separable(jnp.min(jnp.where(fr, qs, _FAR), axis=0), *ups))
-  return ops.apply_separable(jnp.min(qs, axis=0), *ups), None
+            ops.apply_separable(jnp.min(jnp.where(fr, qs, _FAR), axis=0), *ups), None)
+  return ops.apply_separable(jnp.min(qs, axis=0), *ups), None, None
 
 
 def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: ProfileSpec) -> jax.Array:
@@ -381,6 +385,21 @@ def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: Prof
   return jnp.clip(b * beta, 0.0, 1.0)
 
 
+def _edges(tumor: jax.Array, free: jax.Array | None, boxes: list, sig_e: jax.Array, spec: ProfileSpec
+           ) -> tuple[jax.Array, ...]:
+  """The soft edges: Gaussian blur of the tumour mask (and of the exophytic mask, when there is one).
+
+  When every group is evaluated in boxes the masks are zero outside the active boxes, so they are blurred
+  box by box (box_blur.py: the cost of the boxes, not the patch); otherwise over the whole patch.
+  """
+  fields = (tumor,) if free is None else (tumor, free)
+  fields = tuple(f.astype(jnp.float32) for f in fields)
+  if boxes and all(b is not None for b in boxes):
+    margin = box_blur.margin_voxels(spec.edge_sigma_mm[1], spec.min_spacing_mm)
+    return box_blur.blur_in_boxes(fields, boxes, sig_e, margin)
+  return tuple(ops.gaussian_blur(f, sig_e) for f in fields)
+
+
 def _masked_mean(v, m, default):
   n = jnp.sum(m)
   return jnp.where(n > 0, jnp.sum(jnp.where(m, v, 0.0)) / jnp.maximum(n, 1), default)
@@ -420,6 +439,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   q = jnp.full(shape, _FAR, jnp.float32)
   q_free = None
   centers_out = []
+  boxes = []
   offset = 0
   for g, gd in zip(spec.groups, d["groups"]):
     if centers is not None:
@@ -433,7 +453,8 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
         gc = jnp.broadcast_to(box_center, gc.shape)
       gd = dict(gd, active=gd["active"] & organ_any)
     centers_out.append(jnp.where(gd["active"][:, None], gc, -1))
-    gq, gq_free = _group_fields(g, gd, gc, spacing, shape, spec)
+    gq, gq_free, gboxes = _group_fields(g, gd, gc, spacing, shape, spec)
+    boxes.append(gboxes)
     q = jnp.minimum(q, gq)
     if gq_free is not None:
       q_free = gq_free if q_free is None else jnp.minimum(q_free, gq_free)
@@ -453,7 +474,8 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     tumor = tumor & ~blocked
   texture = make_texture(d, spacing, shape, spec)
   sig_e = d["edge_sigma_mm"] / spacing
-  edge = ops.gaussian_blur(tumor.astype(jnp.float32), sig_e)
+  edges = _edges(tumor, free, boxes, sig_e, spec)
+  edge = edges[0]
   img = image.astype(jnp.float32)
   organ_mean = _masked_mean(img, organ, 0.0)
   if spec.intensity == "replace":
@@ -468,7 +490,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     drop = texture * edge * d["delta"]
     out = jnp.where(organ, img_in - drop, img)
     if free is not None:
-      edge_free = ops.gaussian_blur(free.astype(jnp.float32), sig_e)
+      edge_free = edges[1]
       tissue = organ_mean - texture * d["delta"]
       out = jnp.where(organ, out, img + edge_free * (tissue - img))
   extras = dict(texture=texture, edge=edge, allowed=allowed, candidates=cand,

@@ -1,0 +1,80 @@
+"""A Gaussian blur of a field that is zero outside a set of static-size boxes, at the cost of the boxes.
+
+The soft tumour edge blurs the tumour mask, which lives in the slots' boxes; blurring the whole patch with
+three dense matmuls costs about 10 ms at 96^3 whatever the tumours' size. Here each box is blurred alone:
+the voxels of the field are split between the boxes (each active box, in order, claims the voxels of its box
+not claimed before), so the boxes' parts sum to the field and, the blur being linear, their blurs sum to the
+field's blur. A box's blur is evaluated for its voxels and ``margin`` voxels beyond (rows of the patch-wide
+blur matrices, normalised over the whole patch as in ops.gaussian_blur, so each value is the whole-patch
+value); what lies further out is the Gaussian's tail beyond ``margin`` and is dropped (below exp(-8) of the
+peak weight for margin >= 4 sigma). The work is per active box: a box whose slot is inactive is skipped
+(lax.cond; under vmap it becomes a box-sized select, never a patch-sized one).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.synth import ops
+
+
+class Boxes(NamedTuple):
+  """One size group's boxes: int32 starts [S, 3], bool active [S], static sizes (3 ints)."""
+  starts: jax.Array
+  active: jax.Array
+  sizes: tuple[int, int, int]
+
+
+def blur_in_boxes(fields: tuple[jax.Array, ...], boxes: list[Boxes], sigma_vox: jax.Array,
+                  margin: int) -> tuple[jax.Array, ...]:
+  """Gaussian blur (sigma_vox [3] voxels, traced) of each field, all zero outside the active boxes.
+
+  Args:
+    fields: float32 [X, Y, Z] fields blurred with the same boxes (the tumour mask, the exophytic mask).
+    boxes: the groups' boxes; every nonzero voxel of every field must lie in an active box.
+    sigma_vox: per-axis sigma in voxels.
+    margin: static voxels beyond a box where its blur is kept (>= 4 x the largest sigma).
+
+  Returns:
+    The blurred fields, equal to ops.gaussian_blur of each up to the dropped tail and float rounding.
+  """
+  shape = fields[0].shape
+  full = [jnp.arange(n, dtype=jnp.float32) for n in shape]
+  acc = tuple(jnp.zeros(shape, jnp.float32) for _ in fields)
+  rest = tuple(fields)
+  for group in boxes:
+    sizes = group.sizes
+    out_sizes = tuple(min(n, b + 2 * margin) for n, b in zip(shape, sizes))
+    out_hi = jnp.asarray([n - o for n, o in zip(shape, out_sizes)])
+
+    def body(carry, xs, sizes=sizes, out_sizes=out_sizes, out_hi=out_hi):
+      rest, acc = carry
+      start, active = xs
+      out_start = jnp.clip(start - margin, 0, out_hi)
+      owns = [jax.lax.dynamic_slice(r, start, sizes) for r in rest]
+
+      def blur(owns):
+        mats = []
+        for a in range(3):
+          rows = ops.gaussian_matrix(out_start[a].astype(jnp.float32) + jnp.arange(out_sizes[a], dtype=jnp.float32),
+                                     full[a], sigma_vox[a])
+          mats.append(jax.lax.dynamic_slice_in_dim(rows, start[a], sizes[a], axis=1))
+        return tuple(ops.apply_separable(o, *mats) for o in owns)
+
+      blurred = jax.lax.cond(active, blur, lambda o: tuple(jnp.zeros(out_sizes, jnp.float32) for _ in o), owns)
+      rest = tuple(jax.lax.dynamic_update_slice(r, jnp.where(active, 0.0, o), start) for r, o in zip(rest, owns))
+      acc = tuple(jax.lax.dynamic_update_slice(t, jax.lax.dynamic_slice(t, out_start, out_sizes) + b, out_start)
+                  for t, b in zip(acc, blurred))
+      return (rest, acc), None
+
+    (rest, acc), _ = jax.lax.scan(body, (rest, acc), (group.starts, group.active))
+  return acc
+
+
+def margin_voxels(edge_sigma_mm_max: float, min_spacing_mm: float) -> int:
+  """Static margin for the edge blur: 4 sigma at the largest sigma and the finest spacing."""
+  return int(math.ceil(4.0 * edge_sigma_mm_max / min_spacing_mm - 1e-9))
