@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxseg.synth import placement, spec as spec_lib
+from jaxseg.synth import ops, placement, spec as spec_lib, synthesizer as sy
 from jaxseg.synth.batch import apply_synthesis, map_samples, synthesize
 from jaxseg.synth.profiles import default_profiles_config
 from jaxseg.synth.reference_numpy import synthesize_numpy
@@ -143,7 +143,6 @@ def profile_steps(organ: str, size: str, patch: int, mode: str = "patch", repeat
   whole-patch edge blur the box-local blur replaces (box_blur.py); ``render`` and ``draw_render`` are the
   whole synthesis of one patch.
   """
-  from jaxseg.synth import ops, synthesizer as sy  # pylint: disable=import-outside-toplevel
   shape = (patch,) * 3
   spec = spec_lib.make_spec(default_profiles_config()[organ], name=organ, size_class=size, mode=mode)
   image, mask = (jnp.asarray(a) for a in phantom_patch(patch, seed))
