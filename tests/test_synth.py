@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg.synth import apply_synthesis, default_profiles_config, synthesize
+from jaxseg.synth import apply_synthesis, default_profiles_config, ops, synthesize
 from jaxseg.synth import reference_numpy as ref
 from jaxseg.synth import spec as spec_lib
 from jaxseg.synth import synthesizer as sy
@@ -121,6 +121,21 @@ def test_colon_margin_and_kidney_exophytic():
   img, organ, (out, tumor, *_rest) = _render_many(kspec, (3.0, 3.0, 3.0), jax.random.split(jax.random.key(4), 8))
   outside = (np.asarray(tumor) & ~organ).any(axis=(1, 2, 3))
   assert 0 < outside.sum() < len(outside)   # exophytic about half of the time
+
+
+@pytest.mark.parametrize("erode", [True, False])
+def test_box_morphology_equals_scipy(erode):
+  """The window-sum erosion/dilation equals scipy's with the same box (radius cut to rmax, <= 0 a no-op,
+  the border not eroding), on random masks with radii 0, past rmax and on a single-voxel axis."""
+  from scipy import ndimage
+  rng = np.random.default_rng(3)
+  for shape, rmax, radius in (((17, 12, 9), (3, 3, 0), (2, 5, 4)), ((9, 20, 1), (4, 0, 2), (-1, 3, 2)),
+                              ((24, 24, 16), (6, 6, 6), (6, 1, 3))):
+    m = ndimage.binary_dilation(rng.random(shape) < 0.08, iterations=2)
+    got = np.asarray(jax.jit(lambda a, r: ops.box_morphology(a, r, rmax, erode))(m, np.asarray(radius, np.int32)))
+    box = np.ones(tuple(2 * np.clip(radius, 0, rmax) + 1), bool)
+    want = ndimage.binary_erosion(m, box, border_value=1) if erode else ndimage.binary_dilation(m, box)
+    assert got.any() and (got == want).all(), (shape, rmax, radius)
 
 
 def test_jit_vmap_equals_one_by_one_and_is_deterministic():

@@ -59,18 +59,13 @@ def linear_upsample_matrix(n: int, step: int) -> np.ndarray:
   return u
 
 
-def _shift(m: jax.Array, s: int, axis: int, fill: bool) -> jax.Array:
-  """m shifted by s voxels along axis (out[i] = m[i + s]), padded with ``fill``."""
-  n = m.shape[axis]
-  pad = [(0, 0)] * m.ndim
-  pad[axis] = (max(-s, 0), max(s, 0))
-  p = jnp.pad(m, pad, constant_values=fill)
-  start = max(s, 0)
-  return jax.lax.slice_in_dim(p, start, start + n, axis=axis)
-
-
 def box_morphology(m: jax.Array, radius: jax.Array, rmax: tuple[int, ...], erode: bool) -> jax.Array:
-  """Erosion (pad True: the patch border does not erode) or dilation (pad False) with a box.
+  """Erosion (outside the patch counts as set: the border does not erode) or dilation with a box.
+
+  Per axis, a window sum of a cumulative sum: two shifted reads of one associative scan, whatever the
+  radius, instead of 2 x rmax shifted copies of the patch (the centre candidates' erosion at 96^3 with
+  rmax 20 read the patch 80 times). jnp.cumsum is not used: on CPU it lowers to a reduce_window that is
+  quadratic in the axis length; lax.associative_scan is log-depth.
 
   Args:
     m: bool [X, Y, Z].
@@ -82,11 +77,18 @@ def box_morphology(m: jax.Array, radius: jax.Array, rmax: tuple[int, ...], erode
     bool [X, Y, Z].
   """
   for axis in range(m.ndim):
-    out = m
-    for s in range(1, rmax[axis] + 1):
-      use = s <= radius[axis]
-      for sign in (1, -1):
-        sh = _shift(m, sign * s, axis, fill=erode)
-        out = (out & (sh | ~use)) if erode else (out | (sh & use))
-    m = out
+    if rmax[axis] <= 0:
+      continue
+    rm = int(rmax[axis])
+    r = jnp.clip(radius[axis], 0, rm)
+    # Count the voxels that decide: unset ones for erosion, set ones for dilation; outside counts 0 for both.
+    x = (~m if erode else m).astype(jnp.int32)
+    pad = [(0, 0)] * m.ndim
+    pad[axis] = (rm + 1, rm)
+    c = jax.lax.associative_scan(jnp.add, jnp.pad(x, pad), axis=axis)
+    n = m.shape[axis]
+    upper = jax.lax.dynamic_slice_in_dim(c, rm + 1 + r, n, axis)      # sum of x up to i + r
+    lower = jax.lax.dynamic_slice_in_dim(c, rm - r, n, axis)          # sum of x up to i - r - 1
+    hits = upper - lower
+    m = (hits == 0) if erode else (hits > 0)
   return m

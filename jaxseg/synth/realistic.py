@@ -202,26 +202,6 @@ def core_growth(depth_mm: jax.Array, core_depth_mm: jax.Array, spec: ProfileSpec
   return 1.0 - r.core_share + r.core_share * jnp.clip(depth_mm / core_depth_mm, 0.0, 1.0)
 
 
-def box_erosion(m: jax.Array, radius: jax.Array, rmax: int) -> jax.Array:
-  """ops.box_morphology(m, radius, (rmax,) * 3, erode=True), by window sums of a cumulative sum.
-
-  A voxel stays where every voxel of its box (half-widths ``radius``, traced, cut to rmax; outside the
-  patch counts as inside) is set. Two shifted reads of a cumulative sum per axis instead of 2 x rmax
-  shifted copies: the same mask, 110 -> 12 ms at 96^3 with rmax 5 (an associative scan: jnp.cumsum ran
-  as a quadratic reduce_window on CPU, 44 ms).
-  """
-  for axis in range(m.ndim):
-    r = jnp.minimum(radius[axis], rmax)
-    pad = [(0, 0)] * m.ndim
-    pad[axis] = (rmax + 1, rmax)
-    c = lax.associative_scan(jnp.add, jnp.pad(m.astype(jnp.int32), pad, constant_values=1), axis=axis)
-    n = m.shape[axis]
-    upper = lax.dynamic_slice_in_dim(c, rmax + 1 + r, n, axis)      # sum up to i + r
-    lower = lax.dynamic_slice_in_dim(c, rmax - r, n, axis)          # sum up to i - r - 1
-    m = (upper - lower) == 2 * r + 1
-  return m
-
-
 def _reduce(op, arrays: list[jax.Array]) -> jax.Array:
   out = arrays[0]
   for a in arrays[1:]:
@@ -358,7 +338,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   den = jnp.einsum("kx,ky,kz,xyz->k", wx, wy, wz, om)
   local = jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), _masked_mean(img, organ, 0.0))   # [K] HU
   rmax = int(np.ceil(_INTERIOR_MM / spec.min_spacing_mm))
-  interior = box_erosion(organ, jnp.round(_INTERIOR_MM / spacing).astype(jnp.int32), rmax)
+  interior = ops.box_morphology(organ, jnp.round(_INTERIOR_MM / spacing).astype(jnp.int32), (rmax,) * 3, erode=True)
   interior = jnp.where(jnp.any(interior), interior, organ)
   organ_mean = _masked_mean(img, interior, 0.0)
   organ_std = jnp.sqrt(jnp.maximum(_masked_mean(jnp.square(img - organ_mean), interior, 0.0), 1e-6))
