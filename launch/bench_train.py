@@ -18,6 +18,8 @@ from jaxseg import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :variant.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported).")
 _COMPARE = flags.DEFINE_bool("compare_synth", False, "Also time the step with synthesis off.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The devices' peak TFLOP/s in the compute dtype (all devices "
+                           "together), to print the achieved share of it; 0: no share.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -27,11 +29,11 @@ def main(argv):
   cli.init_processes()
   from jaxseg.train.benchmark import measure_train_step  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
-  result = measure_train_step(config, steps=_STEPS.value)
+  result = measure_train_step(config, steps=_STEPS.value, peak_tflops=_PEAK.value)
   if _COMPARE.value:
     on = result
     config.synth.enabled = False
-    off = measure_train_step(config, steps=_STEPS.value)
+    off = measure_train_step(config, steps=_STEPS.value, peak_tflops=_PEAK.value)
     result = {"synth_on": on, "synth_off": off, "step_time_ratio_on_over_off": round(on["step_s"] / off["step_s"], 3)}
   print(json.dumps(result))
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxseg.config_checks import ConfigError, check_config
+from jaxseg.train.benchmark import measure_train_step
 
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_config import tiny_config  # noqa: E402
@@ -50,3 +51,16 @@ def test_bad_config_names_the_field(field, value, devices, match):
   c[section][name] = value
   with pytest.raises(ConfigError, match=match):
     check_config(c, devices)
+
+
+def test_train_benchmark_reports_xla_flops_and_the_peak_share():
+  """bench_train's figures come from the production step: XLA's FLOP count of the compiled step grows with
+  the patch (8x the voxels: between 4x and 12x the FLOPs), and the achieved share follows the stated peak."""
+  c = tiny_config()
+  c.synth.enabled = False
+  small = measure_train_step(c, steps=1, warmup=0, peak_tflops=1.0)
+  c.data.patch_size = (32, 32, 32)
+  big = measure_train_step(c, steps=1, warmup=0)
+  assert small["flops_per_step"] > 0 and 4.0 < big["flops_per_step"] / small["flops_per_step"] < 12.0
+  assert small["peak_share"] == pytest.approx(small["achieved_tflops"], rel=1e-3, abs=1e-4)
+  assert big["peak_share"] is None

@@ -55,12 +55,31 @@ def _peak_memory_bytes() -> int:
   return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # CPU: the process's peak RSS.
 
 
-def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 1) -> dict:
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled XLA program, from XLA's own cost analysis (None where the backend
+  gives none). XLA counts a multiply-add as 2 FLOPs, as chip peak figures do."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # Backends without a cost model raise various errors.
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 1,
+                       peak_tflops: float = 0.0) -> dict:
   """Times the production train step for ``config`` on all devices.
+
+  Args:
+    peak_tflops: the chips' peak (all devices together, in the compute dtype), to report the achieved
+      share; 0 leaves the share out (the peak depends on chip, dtype and TF32 use: the caller states it).
 
   Returns:
     dict: device, num_devices, batch, patch, compile_s, step_s (median), patches_per_s, peak_memory_bytes
-    (device peak where the backend reports it, else the host process's peak RSS), num_params.
+    (device peak where the backend reports it, else the host process's peak RSS), num_params, flops_per_step
+    and achieved_tflops (XLA's cost analysis of the compiled step, synthesis included), peak_share.
   """
   config = resolve_config(config)
   mesh = parallel.make_mesh()
@@ -74,7 +93,7 @@ def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     state, m = compiled(state, batch)
-  jax.block_until_ready(m)
+    jax.block_until_ready(m)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
@@ -82,10 +101,14 @@ def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
+  flops = compiled_flops(compiled)
+  achieved = flops / step_s / 1e12 if flops else None
   return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
           "num_devices": jax.device_count(), "batch": int(config.data.batch_size),
           "patch": list(config.data.patch_size), "synth": bool(config.synth.enabled),
           "compile_s": round(compile_s, 3), "step_s": round(step_s, 4),
           "patches_per_s": round(config.data.batch_size / step_s, 3),
           "peak_memory_bytes": _peak_memory_bytes(), "num_params": state_lib.count_params(state["params"]),
-          "loss": float(m["loss"])}
+          "loss": float(m["loss"]), "dtype": str(config.model.dtype),
+          "flops_per_step": flops, "achieved_tflops": None if achieved is None else round(achieved, 4),
+          "peak_share": round(achieved / peak_tflops, 4) if achieved and peak_tflops > 0 else None}
