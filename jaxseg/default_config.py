@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.blocks_per_stage = (1, 3, 4, 6, 6)   # resenc_unet only: residual blocks per stage (nnU-Net ResEnc M)
   c.model.deep_supervision = True
   c.model.dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay float32)
-  c.model.conv = "native"           # native | depth_folded (a 3D conv as 2D convs; faster on CPU)
+  c.model.conv = "native"           # native | depth_folded (3D as 2D convs) | im2col (3D as matmuls); docs/MODELS.md
 
   # Loss: soft Dice + cross-entropy with deep-supervision weights halving per level.
   c.loss = ml_collections.ConfigDict()

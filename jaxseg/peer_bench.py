@@ -148,6 +148,7 @@ def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int],
 
 # One 3^3 convolution per U-Net stage of ResEnc M at a 64^3 patch: (channels, spatial side).
 CONV_LAYERS = ((32, 64), (64, 32), (128, 16), (320, 8))
+CONV_IMPLS = ("native", "depth_folded", "im2col")
 
 
 def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: int = 2, repeats: int = 3) -> list[dict]:
@@ -170,7 +171,7 @@ def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: in
 
     row = {"channels": channels, "side": side, "torch_s": round(_median_time(torch_step, repeats), 4)}
     xj = jax.numpy.asarray(x)
-    for impl in ("native", "depth_folded"):
+    for impl in CONV_IMPLS:
       layer = Conv3D(channels, (3, 3, 3), impl=impl)
       params = layer.init(jax.random.key(0), xj[:1])
       grad = jax.jit(jax.grad(lambda p, v, layer=layer: jax.numpy.mean(jax.numpy.square(layer.apply(p, v))),

@@ -45,11 +45,12 @@ def main(argv):
     raise ValueError(f"bench_peers: {e.name} is not installed; run pip install -e \".[bench]\"") from None
   if _CONV_LAYERS.value:
     rows = peer_bench.conv_layer_ratios(repeats=_REPEATS.value)
-    print("| channels, side | PyTorch s | native s | depth-folded s | ratio native / depth-folded |")
-    print("| --- | --- | --- | --- | --- |")
+    impls = peer_bench.CONV_IMPLS
+    print("| channels, side | PyTorch s | " + " | ".join(f"{i} s" for i in impls) + " | ratio " + " / ".join(impls) + " |")
+    print("| --- " * (3 + len(impls)) + "|")
     for r in rows:
-      print(f"| {r['channels']}, {r['side']}^3 | {r['torch_s']:.3g} | {r['native_s']:.3g} | "
-            f"{r['depth_folded_s']:.3g} | {r['ratio_native']:.2f} / {r['ratio_depth_folded']:.2f} |")
+      print(f"| {r['channels']}, {r['side']}^3 | {r['torch_s']:.3g} | " + " | ".join(f"{r[i + '_s']:.3g}" for i in impls)
+            + " | " + " / ".join(f"{r['ratio_' + i]:.2f}" for i in impls) + " |")
     print(json.dumps(rows))
     return
   synth_ms = {s: synth_bench.benchmark("liver", s, 96, 1, 1.0, repeats=5, numpy_repeats=0)["jax_per_patch_ms"]

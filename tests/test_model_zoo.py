@@ -184,18 +184,29 @@ def test_dilated_conv_is_pytorch_transposed_conv(pads, output_padding):
   np.testing.assert_allclose(y, _transposed_conv_reference(x[0], w, 2, 1, output_padding), atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["depth_folded", "im2col"])
 @pytest.mark.parametrize("kwargs", [
     dict(groups=4, strides=(2, 2, 2), padding=((1, 1),) * 3),
     dict(groups=4, input_dilation=2, padding=((1, 1),) * 3),
     dict(input_dilation=2, padding=((1, 2),) * 3),
-], ids=["depthwise_down", "depthwise_up", "dense_up"])
-def test_depth_folded_matches_native_with_groups_and_dilation(kwargs):
-  x = jax.random.normal(jax.random.key(0), (1, 6, 4, 6, 4))
+    dict(strides=(2, 1, 2)),
+    dict(kernel_size=(3, 1, 5), strides=(1, 2, 1)),
+    dict(kernel_size=(2, 2, 2), strides=(2, 2, 2)),
+], ids=["depthwise_down", "depthwise_up", "dense_up", "dense_down", "anisotropic", "patchify"])
+def test_conv_forms_match_native_values_and_gradients(kwargs, impl):
+  """Every implementation computes the native convolution: outputs and both gradients (the im2col form
+  recomputes its columns in the backward pass)."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 4, 6, 4))
   native = Conv3D(4, **kwargs)
   params = native.init(jax.random.key(1), x)
-  folded = Conv3D(4, impl="depth_folded", **kwargs)
-  np.testing.assert_allclose(np.asarray(native.apply(params, x)), np.asarray(folded.apply(params, x)),
+  other = Conv3D(4, impl=impl, **kwargs)
+  np.testing.assert_allclose(np.asarray(native.apply(params, x)), np.asarray(other.apply(params, x)),
                              atol=2e-5, rtol=1e-4)
+  loss = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.square(m.apply(p, x))), argnums=(0, 1))
+  (gp_n, gx_n), (gp_o, gx_o) = loss(native)(params, x), loss(other)(params, x)
+  np.testing.assert_allclose(np.asarray(gx_n), np.asarray(gx_o), atol=1e-4, rtol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(gp_n), jax.tree_util.tree_leaves(gp_o)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
 
 
 class _Toy(nn.Module):

@@ -60,10 +60,11 @@ def test_param_count_and_shapes(features, blocks, k, pinned):
   assert y.shape == (2, side, side, side, k) and y.dtype == jnp.float32
 
 
-def test_depth_folded_matches_native():
+@pytest.mark.parametrize("conv", ["depth_folded", "im2col"])
+def test_conv_forms_match_native_in_the_resenc_unet(conv):
   cfg = _cfg((4, 8, 16), (1, 1, 1))
   native = build_model(cfg, 3)
-  folded = build_model(_cfg((4, 8, 16), (1, 1, 1), conv="depth_folded"), 3)
+  folded = build_model(_cfg((4, 8, 16), (1, 1, 1), conv=conv), 3)
   params = state_lib.init_params(native, downsampling_factor(cfg), jax.random.key(1))
   x = jax.random.normal(jax.random.key(2), (1, 16, 12, 8, 1))
   a = native.apply({"params": params}, x)

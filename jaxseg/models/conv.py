@@ -1,10 +1,13 @@
-"""3D convolution with two interchangeable implementations sharing one parameter layout.
+"""3D convolution in three interchangeable forms sharing one parameter layout.
 
-XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed; writing a 3D convolution as a sum
-of 2D convolutions over the kernel's first axis ("depth folding") ran about twice as fast on a 2-core CPU
-(docs/DESIGN.md). Accelerators run the native form best. Both forms use the same ``kernel`` parameter of shape
+XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, so two rewrites exist beside the
+native form: "depth_folded" (a sum of 2D convolutions over the kernel's first axis) and "im2col" (the in-plane
+taps of each depth tap gathered into channels, kx matrix products; the gathered columns are recomputed in
+the backward pass). Neither beats the native form over a whole train step on a 2-core CPU (README, "Speed
+and memory": im2col is 1.2-1.5x faster per layer but holds 5x the memory in a ResEnc step), so "native" is
+the default; accelerators run it best. All forms use the same ``kernel`` parameter of shape
 ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs
-with the other.
+with the others.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ class Conv3D(nn.Module):
     kernel_size: kernel extent per spatial axis.
     strides: stride per spatial axis.
     use_bias: add a bias (off before a normalisation layer, which would cancel it).
-    impl: "native" (one lax 3D convolution) or "depth_folded" (a sum of 2D convolutions over the first
-      kernel axis; faster on CPUs).
+    impl: "native" (one lax 3D convolution), "depth_folded" (a sum of 2D convolutions over the first
+      kernel axis) or "im2col" (kx matrix products over gathered in-plane taps; grouped convolutions run
+      native).
     dtype: compute dtype; parameters stay float32.
     groups: feature groups (``C_in`` for a depthwise convolution, as MedNeXt uses); the kernel is
       ``[kx, ky, kz, C_in / groups, features]``.
@@ -78,9 +82,14 @@ class Conv3D(nn.Module):
                                        dimension_numbers=_DIMS, feature_group_count=self.groups)
     elif self.impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
+    elif self.impl == "im2col" and self.groups == 1:
+      y = _im2col_conv(x, kernel, self.strides, pads, self.input_dilation)
+    elif self.impl == "im2col":
+      y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
+                                       dimension_numbers=_DIMS, feature_group_count=self.groups)
     else:
       raise ValueError(f"model.conv: unknown convolution implementation {self.impl!r}; "
-                       "use 'native' or 'depth_folded'")
+                       "use 'native', 'depth_folded' or 'im2col'")
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       if self.frozen_bias:
@@ -103,6 +112,40 @@ def _pointwise_conv(x, kernel, strides, dilation):
 def _strided_pad(k: int, s: int) -> tuple[int, int]:
   # Matches 'SAME' for even inputs: output = input / stride, window centred like PyTorch's padding=k//2.
   return (k // 2, k // 2 - (1 if k % 2 == 0 else 0)) if k > 1 else (0, 0)
+
+
+def _dilate(x: jax.Array, d: int) -> jax.Array:
+  """d - 1 zeros between the voxels of x [B, X, Y, Z, C] along each spatial axis."""
+  if d == 1:
+    return x
+  b, *n, c = x.shape
+  return jnp.zeros((b, *((m - 1) * d + 1 for m in n), c), x.dtype).at[:, ::d, ::d, ::d].set(x)
+
+
+def _im2col_conv(x, kernel, strides, pads, dilation=1):
+  """The 3D convolution as kx matrix products: for each tap along X, the ky x kz in-plane taps of the
+  (strided) input are concatenated along channels and multiplied by that tap's [ky kz C_in, C_out] kernel.
+
+  The gathered columns are ky kz times the input; jax.checkpoint recomputes them in the backward pass
+  instead of storing them, so activation memory stays the native convolution's.
+  """
+  @jax.checkpoint
+  def conv(x, kernel):
+    kx, ky, kz, c, f = kernel.shape
+    xp = jnp.pad(_dilate(x, dilation), ((0, 0), *pads, (0, 0)))
+    b = xp.shape[0]
+    out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:4], kernel.shape[:3], strides)]
+    total = None
+    for i in range(kx):
+      cols = [jax.lax.slice(xp, (0, i, j, l, 0),
+                            (b, i + (out[0] - 1) * strides[0] + 1, j + (out[1] - 1) * strides[1] + 1,
+                             l + (out[2] - 1) * strides[2] + 1, c), (1, *strides, 1))
+              for j in range(ky) for l in range(kz)]
+      cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+      y = jnp.dot(cols.reshape(-1, ky * kz * c), kernel[i].reshape(ky * kz * c, f))
+      total = y if total is None else total + y
+    return total.reshape(b, *out, f)
+  return conv(x, kernel)
 
 
 def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
