@@ -1,7 +1,7 @@
 """jaxseg against the field's PyTorch tools, the same work timed in one process run; prints a table and JSON.
 
   pip install -e ".[bench]"     # CPU PyTorch, MONAI, dynamic-network-architectures
-  python launch/bench_peers.py --config=configs/default.py --config.model.conv=depth_folded
+  python launch/bench_peers.py --config=configs/default.py [--config.model.conv=native|depth_folded|im2col]
 
 Rows: nnU-Net's ResEnc train step (dynamic_network_architectures, the network nnU-Net trains) and MONAI's
 sliding window with the same network, against jaxseg's train step and sliding window; and jaxseg's
