@@ -23,6 +23,7 @@ import numpy as np
 from jaxseg import parallel
 from jaxseg.config_checks import resolve_config
 from jaxseg.models.conv import Conv3D
+from jaxseg.models.registry import CONVS
 from jaxseg.infer.bench import benchmark_sliding_window
 from jaxseg.train.benchmark import measure_train_step
 
@@ -148,7 +149,7 @@ def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int],
 
 # One 3^3 convolution per U-Net stage of ResEnc M at a 64^3 patch: (channels, spatial side).
 CONV_LAYERS = ((32, 64), (64, 32), (128, 16), (320, 8))
-CONV_IMPLS = ("native", "depth_folded", "im2col")
+CONV_IMPLS = CONVS  # every form the model registry accepts
 
 
 def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: int = 2, repeats: int = 3) -> list[dict]:
