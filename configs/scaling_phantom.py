@@ -14,8 +14,8 @@ sized and contrasted like real metastases), not the demo's former "easy" ones.
 
 The default grid is for a 2-core CPU: N in {0, 2, 6, 20}, 3 seeds, 2,000 steps (the demo's budget: at N = 20
 the real arm sees each real tumour case in about 170 patches), 33 runs (21 without the realistic arm); expect
-roughly 10-12 minutes per run (training about 8, evaluation of 16 held-out and 8 OOD phantoms about 2-3),
-about 6 hours in all.
+about 15 minutes per run on a quiet 2-core CPU (training about 12, evaluation of 16 held-out and 8 OOD
+phantoms about 3), about 8 hours in all (about 5 without the realistic arm).
 
 Variants (``--config=configs/scaling_phantom.py:<variant>``):
   gpu  N in {0, 5, 10, 20, 50, 100, 200} on 480 phantoms (40 held out), a 16-128 model, batch 8, 20,000 steps

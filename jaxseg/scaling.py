@@ -20,7 +20,10 @@ afterwards (``collect``).
 Statistics (``collect``): per point (arm, N) the mean over seeds and held-out cases with a 95% crossed
 bootstrap interval (seeds and cases resampled independently, jaxseg/metrics/bootstrap.crossed_bootstrap);
 per N the paired differences real+synth - real, and with the realistic arm real+realistic - real and
-real+realistic - real+synth (paired by seed and held-out case), with their intervals.
+real+realistic - real+synth (paired by seed and held-out case), with their intervals. Beside the per-case
+means, the case-level AUC (tumour cases against controls by each case's largest tumour probability) with
+its own crossed bootstrap: threshold-free, so it says whether any confidence rule could separate the
+control cases without choosing one (a rule tuned on one arm would favour it).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from jaxseg.data.phantom import ensure_phantoms
 from jaxseg.data.pipeline import make_train_loader
 from jaxseg.data.prepare import prepare_data
 from jaxseg.infer.evaluate import evaluate_checkpoint
-from jaxseg.metrics.bootstrap import crossed_bootstrap
+from jaxseg.metrics.bootstrap import crossed_auc_bootstrap, crossed_bootstrap
 from jaxseg.metrics.compare import CASE_METRICS, case_figure, read_case_figures
 from jaxseg.train.loop import train_and_evaluate
 
@@ -54,6 +57,7 @@ METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity",
 # The table's columns: (key, heading, digits).
 TABLE = (("tumor_dsc", "tumour DSC", 3), ("tumor_sensitivity", "tumour-wise sensitivity", 2),
          ("specificity", "specificity", 2), ("fp_per_control_case", "FP per control", 2),
+         ("auc", "case AUC", 2),
          ("organ_dsc", "organ DSC", 3), ("ood_tumor_dsc", "OOD tumour DSC", 3))
 
 
@@ -165,6 +169,36 @@ def _metric_keys(runs: list[dict]) -> list[tuple[str, str, str]]:
   return keys
 
 
+def _auc_keys(runs: list[dict]) -> list[tuple[str, str]]:
+  """(reported metric, per-case list key) of the case-level AUC, where the runs carry case scores."""
+  return [(("" if key == "cases" else "ood_") + "auc", key) for key in ("cases", "ood_cases")
+          if any(np.isfinite(c.get("score", np.nan)) for r in runs for c in r.get(key, []))]
+
+
+def _score_grid(runs: list[dict], key: str, seeds: list[int], cases: list[str] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """[seeds, cases] case scores (NaN where missing) and [cases] tumour-case flags, for the AUC."""
+  if cases is None:
+    cases = sorted({c["case"] for r in runs for c in r.get(key, [])})
+  col = {c: j for j, c in enumerate(cases)}
+  scores, positive = np.full((len(seeds), len(cases)), np.nan), np.zeros(len(cases), bool)
+  for r in runs:
+    for case in r.get(key, []):
+      scores[seeds.index(r["seed"]), col[case["case"]]] = case.get("score", np.nan)
+      positive[col[case["case"]]] = bool(case.get("tumor_case"))
+  return scores, positive
+
+
+def _attach_scores(row: dict, run_dir: str) -> None:
+  """Case scores for a result written before results carried them, from the run's evaluation reports."""
+  for key, folder in (("cases", f"step_{int(row.get('steps', 0))}"), ("ood_cases", "ood")):
+    path = os.path.join(run_dir, "eval", folder, "cases.csv")
+    if any("score" not in c for c in row.get(key, [])) and os.path.exists(path):
+      score = {c["case"]: c.get("score", float("nan")) for c in read_case_figures(path)}
+      for c in row[key]:
+        c.setdefault("score", score.get(c["case"], float("nan")))
+
+
 def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float = 0.95) -> dict:
   """Points (arm, N) with means and intervals, and per-N paired differences real+synth - real.
 
@@ -175,7 +209,8 @@ def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float
     level: interval level.
 
   Returns:
-    {"points": [{arm, num_real, runs, seeds, cases, <metric>, <metric>_lo, <metric>_hi, ...}],
+    {"points": [{arm, num_real, runs, seeds, cases, <metric>, <metric>_lo, <metric>_hi, ...}] (with "auc"
+     and "ood_auc" where the runs' cases carry scores),
      "differences": [{num_real, seeds, pair, <metric>, <metric>_lo, <metric>_hi, ...}]} for each pair of
     PAIRS run, where a difference is over the seeds both arms finished.
   """
@@ -194,6 +229,10 @@ def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float
       p[metric], p[metric + "_lo"], p[metric + "_hi"] = crossed_bootstrap(numer, denom, num_bootstrap, seed,
                                                                             level)
       p["num_" + key] = len(cases)
+    for metric, key in _auc_keys(runs):
+      scores, positive = _score_grid(runs, key, seeds)
+      p[metric], p[metric + "_lo"], p[metric + "_hi"] = crossed_auc_bootstrap(scores, positive, num_bootstrap,
+                                                                                seed, level)
     points.append(p)
   for arm_a, arm_b in PAIRS:
     for n in sorted({n for _, n in groups}):
@@ -214,6 +253,11 @@ def statistics(rows: list[dict], num_bootstrap: int, seed: int = 0, level: float
         nb, db = _grid(b, key, seeds, cases, per_case)
         d[metric], d[metric + "_lo"], d[metric + "_hi"] = crossed_bootstrap(
             na, da, num_bootstrap, seed, level, paired_numer=nb, paired_denom=db)
+      for metric, key in _auc_keys(a + b):
+        cases = sorted({c["case"] for r in a + b for c in r.get(key, [])})
+        (sa, positive), (sb, _) = _score_grid(a, key, seeds, cases), _score_grid(b, key, seeds, cases)
+        d[metric], d[metric + "_lo"], d[metric + "_hi"] = crossed_auc_bootstrap(
+            sa, positive, num_bootstrap, seed, level, paired_scores=sb)
       diffs.append(d)
   return {"points": points, "differences": diffs, "bootstrap": num_bootstrap, "level": level}
 
@@ -303,6 +347,7 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if os.path.exists(path):
       with open(path) as f:
         rows.append(json.load(f))
+      _attach_scores(rows[-1], os.path.dirname(path))
   if not rows:
     raise ValueError(f"{workdir}: no finished run of the study yet")
   missing = [r["run"] for r in rows if "cases" not in r]

@@ -14,7 +14,8 @@ from jaxseg import labels as labels_lib
 from jaxseg import scaling
 from jaxseg.synth.profile_file import flat_fields
 from jaxseg.default_config import config_from_file
-from jaxseg.metrics.bootstrap import crossed_bootstrap
+from jaxseg.metrics.bootstrap import crossed_auc_bootstrap, crossed_bootstrap
+from jaxseg.metrics.detection import auc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "scaling_phantom.py")
@@ -189,6 +190,62 @@ def test_crossed_bootstrap_covers_the_seed_spread():
     crossed_bootstrap(numer, denom[:, :3], 10)
 
 
+def test_crossed_auc_bootstrap_means_seed_aucs_and_pairs_arms():
+  """The case-level AUC: the mean of each seed's AUC, an interval that widens with the seed spread, and a
+  paired difference on the same resamples."""
+  rng = np.random.default_rng(0)
+  positive = np.array([True] * 6 + [False] * 5)
+  scores = rng.uniform(0, 1, (3, 11))
+  scores[:, :6] += np.array([[0.5], [0.0], [0.2]])    # seed 0 separates well, seed 1 not at all
+  m, lo, hi = crossed_auc_bootstrap(scores, positive, 2000, seed=0)
+  assert m == pytest.approx(np.mean([auc(s[positive], s[~positive]) for s in scores]))
+  assert lo < m < hi
+  m0, lo0, hi0 = crossed_auc_bootstrap(scores[:1], positive, 2000, seed=0)
+  assert m0 == pytest.approx(auc(scores[0, positive], scores[0, ~positive]))
+  # Controls outscoring every tumour case: 0; ties count one half; a missing case is left out everywhere.
+  flat = np.where(positive, 0.2, 0.9)[None].repeat(2, 0)
+  assert crossed_auc_bootstrap(flat, positive, 100) == (0.0, 0.0, 0.0)
+  assert crossed_auc_bootstrap(np.ones((2, 11)), positive, 100)[0] == 0.5
+  gap = scores.copy()
+  gap[1, 0] = np.nan
+  assert crossed_auc_bootstrap(gap, positive, 0)[0] == pytest.approx(
+      np.mean([auc(s[1:6], s[6:]) for s in scores]))
+  # Paired: the same arm against itself is exactly 0; against the flat arm, the difference of the AUCs.
+  assert crossed_auc_bootstrap(scores, positive, 500, paired_scores=scores) == (0.0, 0.0, 0.0)
+  d, dlo, dhi = crossed_auc_bootstrap(scores, positive, 500, paired_scores=np.ones((3, 11)))
+  assert d == pytest.approx(m - 0.5) and dlo < d < dhi
+  with pytest.raises(ValueError, match="positive"):
+    crossed_auc_bootstrap(scores, positive[:3], 10)
+
+
+def test_statistics_report_the_case_auc_from_scores_and_old_reports(tmp_path):
+  """Scores in the results give a case-AUC column; a result written before scores were recorded gets them
+  from its run's evaluation report."""
+  rows = []
+  for seed in (0, 1):
+    for arm, bump in (("real", 0.0), ("real+synth", 0.3)):
+      r = _fake_run(arm, 5, seed, [0.5, 0.6, 0.7], [1, 1, 0])
+      for c in r["cases"]:
+        c["score"] = (0.6 + bump) if c["tumor_case"] else 0.7
+      rows.append(r)
+  stats = scaling.statistics(rows, num_bootstrap=200)
+  pts = {p["arm"]: p for p in stats["points"]}
+  assert pts["real"]["auc"] == 0.0 and pts["real+synth"]["auc"] == 1.0
+  assert stats["differences"][0]["auc"] == 1.0
+  assert "case AUC" in scaling.markdown_table(stats, rows)
+  # An old result: no score in its cases, the run's report has them.
+  old = _fake_run("real", 5, 0, [0.5], [1])
+  report = tmp_path / "eval" / "step_7"
+  report.mkdir(parents=True)
+  head = ("case,label,label_id,is_tumor,dsc,nsd,tumor_case,gt_tumors,detected_tumors,case_positive,"
+          "fp_components,score\n")
+  report.joinpath("cases.csv").write_text(head + "t0,liver_tumor,2,1,0.5,0.5,1,2,1,1,0,0.8\n"
+                                          "c0,liver_tumor,2,1,,,0,0,0,1,1,0.3\n")
+  old["steps"] = 7
+  scaling._attach_scores(old, str(tmp_path))  # pylint: disable=protected-access
+  assert [c["score"] for c in old["cases"]] == [0.8, 0.3]
+
+
 def _study(workdir, data_root, *extra):
   cmd = [sys.executable, os.path.join(ROOT, "launch", "scaling.py"), f"--config={CONFIG}:toy",
          f"--workdir={workdir}", f"--config.data.root={data_root}", *extra]
@@ -204,6 +261,7 @@ def test_toy_study_runs_collects_and_resumes(tmp_path, toy_data):
   assert names == ["synth_n0_s0", "real_n1_s0", "synth_n1_s0", "real_n2_s0", "synth_n2_s0"]
   out = _study(workdir, toy_data).stdout
   assert "| N | arm | runs (seeds) | tumour DSC" in out and "Paired difference real+synth - real" in out
+  assert "case AUC" in out
   with open(os.path.join(workdir, "results.csv")) as f:
     table = list(csv.DictReader(f))
   points = [(r["arm"], int(r["num_real"])) for r in table if r["kind"] == "point"]

@@ -69,6 +69,58 @@ def _crossed_weights(num_rows: int, num_cols: int, num: int, seed: int) -> tuple
   return rows.astype(np.float64), cols.astype(np.float64)
 
 
+def crossed_auc_bootstrap(scores, positive, num: int, seed: int = 0, level: float = 0.95,
+                          paired_scores=None) -> tuple[float, float, float]:
+  """Estimate and percentile interval of the case-level AUC over a [seeds, cases] grid of case scores.
+
+  The AUC (P(score of a tumour case > score of a control), ties one half) is a rank statistic, not a mean
+  over cases, so ``crossed_bootstrap`` cannot carry it; this is its counterpart: the estimate is the mean
+  over seeds of each seed's AUC, and each resample draws seeds, tumour cases and controls with replacement
+  (tumour cases and controls separately, as ``bootstrap_auc_ci`` does), the same draw for every seed.
+  With ``paired_scores`` (a second arm's grid) the statistic is the difference, this arm - the paired one,
+  on the same resamples.
+
+  Args:
+    scores: [seeds, cases] case scores (e.g. the largest tumour probability); NaN where a case is missing.
+    positive: [cases] True for a tumour case, False for a control.
+    num, seed, level: resamples, their seed, the interval level.
+
+  Returns:
+    (estimate, low, high); NaN without a tumour case or a control scored in every seed; no interval with
+    num < 1 or fewer than two of either.
+  """
+  s = np.asarray(scores, np.float64)
+  pos = np.asarray(positive, bool)
+  if s.ndim != 2 or pos.shape != (s.shape[1],):
+    raise ValueError(f"crossed_auc_bootstrap: scores {s.shape} must be [seeds, cases] and positive "
+                     f"{pos.shape} one flag per case")
+  grids = [s] if paired_scores is None else [s, np.asarray(paired_scores, np.float64)]
+  if grids[-1].shape != s.shape:
+    raise ValueError(f"crossed_auc_bootstrap: paired scores {grids[-1].shape} must match {s.shape}")
+  keep = np.all([np.isfinite(g).all(axis=0) for g in grids], axis=0)  # cases scored in every seed and arm
+  p_idx, n_idx = np.flatnonzero(keep & pos), np.flatnonzero(keep & ~pos)
+  if p_idx.size == 0 or n_idx.size == 0:
+    return float("nan"), float("nan"), float("nan")
+  # wins[s, p, q]: 1 when tumour case p outscores control q in seed s, 1/2 on a tie.
+  wins = [(g[:, p_idx, None] > g[:, None, n_idx]) + 0.5 * (g[:, p_idx, None] == g[:, None, n_idx])
+          for g in grids]
+  point = float(wins[0].mean())
+  if len(wins) == 2:
+    point -= float(wins[1].mean())
+  if num < 1 or p_idx.size < 2 or n_idx.size < 2:
+    return point, float("nan"), float("nan")
+  rows, cols_p = _crossed_weights(s.shape[0], p_idx.size, num, seed)
+  _, cols_n = _crossed_weights(1, n_idx.size, num, seed + 1)
+
+  def stats(w):
+    per_seed = np.einsum("bp,spq,bq->bs", cols_p, w, cols_n) / (cols_p.sum(1) * cols_n.sum(1))[:, None]
+    return (rows * per_seed).sum(1) / rows.sum(1)
+
+  st = stats(wins[0]) - (stats(wins[1]) if len(wins) == 2 else 0.0)
+  a = (1.0 - level) / 2.0
+  return point, float(np.quantile(st, a)), float(np.quantile(st, 1.0 - a))
+
+
 def _crossed_stats(numer: np.ndarray, denom: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
   n = np.einsum("bs,sc,bc->b", rows, numer, cols)
   d = np.einsum("bs,sc,bc->b", rows, denom, cols)

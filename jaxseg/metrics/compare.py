@@ -24,7 +24,11 @@ CASE_METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitiv
 
 
 def read_case_figures(path: str) -> list[dict]:
-  """Per-case figures from an evaluation's cases.csv (first organ label and first tumour label)."""
+  """Per-case figures from an evaluation's cases.csv (first organ label and first tumour label).
+
+  ``score`` is the case's tumour score for the AUC (the largest tumour probability where post-processing
+  allows a tumour; NaN in a report written without one).
+  """
   with open(path) as f:
     rows = list(csv.DictReader(f))
 
@@ -39,7 +43,8 @@ def read_case_figures(path: str) -> list[dict]:
     if r["label"] == tumor_label:
       c.update(tumor_case=r["tumor_case"] == "1", tumor_dsc=num(r["dsc"]), tumor_nsd=num(r["nsd"]),
                gt_tumors=int(num(r["gt_tumors"])), detected_tumors=int(num(r["detected_tumors"])),
-               case_positive=r["case_positive"] == "1", fp_components=int(num(r["fp_components"])))
+               case_positive=r["case_positive"] == "1", fp_components=int(num(r["fp_components"])),
+               score=num(r.get("score")))
     elif r["label"] == organ_label:
       c["organ_dsc"] = num(r["dsc"])
   return [out[k] for k in sorted(out)]
