@@ -37,11 +37,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxseg import labels as labels_lib
+from jaxseg import assembly, labels as labels_lib
 from jaxseg.data import cache, split
 from jaxseg.data.phantom import ensure_phantoms
 from jaxseg.data.pipeline import make_train_loader
 from jaxseg.data.prepare import prepare_data
+from jaxseg.infer import false_positives
 from jaxseg.infer.evaluate import evaluate_checkpoint
 from jaxseg.metrics.bootstrap import crossed_auc_bootstrap, crossed_bootstrap
 from jaxseg.metrics.compare import CASE_METRICS, case_figure, read_case_figures
@@ -429,6 +430,89 @@ def _plot(stats: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _run_false_positives(workdir: str, name: str) -> tuple[list[dict], int]:
+  """(one row per predicted tumour component of the run's held-out controls, number of controls).
+
+  Predicts each held-out control case with the run's final checkpoint (the one its result was measured
+  with) and keeps the rows in ``<run>/eval/false_positives.csv``; a later call reads them from there.
+  """
+  run_dir = os.path.join(workdir, "runs", name)
+  result_path = os.path.join(run_dir, "result.json")
+  if not os.path.exists(result_path):
+    raise ValueError(f"{result_path}: run {name!r} has not finished (no result)")
+  with open(result_path) as f:
+    result = json.load(f)
+  controls = [c["case"] for c in result["cases"] if not c.get("tumor_case")]
+  path = os.path.join(run_dir, "eval", "false_positives.csv")
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [r for r in csv.DictReader(f) if r.get("case")]
+    for r in rows:
+      r.update(volume_mm3=float(r["volume_mm3"]), share_in_organ=float(r["share_in_organ"]),
+               structure_share=float(r["structure_share"]), on_lesion=r["on_lesion"] == "True")
+    return rows, len(controls)
+  config, params, _ = assembly.restore_for_inference(run_dir, int(result["steps"]))
+  cache_dir = prepare_data(copy.deepcopy(config.data))
+  rows = []
+  for case_id in controls:
+    rows += [dict(run=name, **r) for r in false_positives.control_case_anatomy(config, params, cache_dir, case_id)]
+  _write_csv(path + ".tmp", rows or [{"run": name}])
+  os.replace(path + ".tmp", path)
+  return rows, len(controls)
+
+
+def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, names: str) -> dict:
+  """Where the false-positive tumours of finished runs lie, per arm and N (a specificity diagnostic).
+
+  Args:
+    config: the study config.
+    workdir: the study folder.
+    names: comma-separated run names, or "all" for every finished run.
+
+  Returns:
+    {"runs": {name: {"controls", "components", "by_structure"}}, "table": markdown}: per (N, arm), false-
+    positive components per control case in the organ's own parenchyma, on other annotated structures
+    (the most frequent named), on another organ's real lesion, and outside any annotated structure.
+  """
+  if names == "all":
+    chosen = [n for n in run_names(config) if os.path.exists(os.path.join(workdir, "runs", n, "result.json"))]
+  else:
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+  if not chosen:
+    raise ValueError(f"{workdir}: no finished run to read false positives from")
+  organ = labels_lib.check_organs(config.data.organs)[0]
+  per_run, groups = {}, {}
+  for name in chosen:
+    rows, controls = _run_false_positives(workdir, name)
+    per_run[name] = {"controls": controls, "components": len(rows),
+                     "by_structure": false_positives.summarize(rows)}
+    arm, n, _ = parse_name(name)
+    g = groups.setdefault((n, arm), {"controls": 0, "runs": 0, "rows": []})
+    g["controls"] += controls
+    g["runs"] += 1
+    g["rows"] += rows
+  out = [f"False-positive tumour components per held-out control case, by what lies under them ({organ}: the "
+         "organ's own parenchyma; neighbour: another annotated structure; lesion: another organ's real lesion; "
+         "outside: no annotated structure). Mean over the runs' control cases.", "",
+         "| N | arm | runs | all | in the " + organ + " | on neighbours (most: name, count) | on another organ's "
+         "lesion | outside |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for (n, arm), g in sorted(groups.items(), key=lambda kv: (kv[0][0], ARMS.index(kv[0][1]))):
+    rows, c = g["rows"], max(g["controls"], 1)
+    lesion = [r for r in rows if r["on_lesion"]]
+    rest = [r for r in rows if not r["on_lesion"]]
+    inside = [r for r in rest if r["structure"] == organ]
+    outside = [r for r in rest if r["structure"] == false_positives.NONE]
+    neighbours = [r for r in rest if r["structure"] not in (organ, false_positives.NONE)]
+    counts = {}
+    for r in neighbours:
+      counts[r["structure"]] = counts.get(r["structure"], 0) + 1
+    top = max(counts.items(), key=lambda kv: kv[1], default=("-", 0))
+    out.append(f"| {n} | {arm_name(arm, n)} | {g['runs']} | {len(rows) / c:.2f} | {len(inside) / c:.2f} | "
+               f"{len(neighbours) / c:.2f} ({top[0]}: {top[1] / c:.2f}) | {len(lesion) / c:.2f} | "
+               f"{len(outside) / c:.2f} |")
+  return {"runs": per_run, "table": "\n".join(out)}
 
 
 def sampling_report(config: ml_collections.ConfigDict, num_batches: int = 200) -> dict:

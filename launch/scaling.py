@@ -6,6 +6,7 @@
       --only=synth_n500_s0      # one run per cluster job (e.g. a SLURM array over --list)
   python launch/scaling.py --config=... --workdir=... --collect   # tables and plot of finished runs
   python launch/scaling.py --config=... --workdir=... --sampling  # tumour share: training patches vs test windows
+  python launch/scaling.py --config=... --workdir=... --false_positives=all  # what lies under the FPs
 
 Reruns skip finished runs. Prints the study's markdown tables (points with 95% bootstrap intervals over
 seeds and held-out cases, the paired difference real+synth - real per N, false positives per control case)
@@ -26,6 +27,10 @@ _ONLY = flags.DEFINE_string("only", "", "Run just this run (see --list), then co
 _LIST = flags.DEFINE_bool("list", False, "Print the run names, one per line, and exit.")
 _SAMPLING = flags.DEFINE_bool("sampling", False, "Print how tumour-rich the training patches are against the "
                                "held-out windows (jaxseg.scaling.sampling_report) and exit.")
+_FALSE_POSITIVES = flags.DEFINE_string(
+    "false_positives", "", "Finished runs (comma-separated names, or all): predict their held-out control cases "
+    "again (once per run; kept in <run>/eval/false_positives.csv) and print what lies under each false-"
+    "positive tumour, per arm and N (jaxseg.scaling.false_positive_anatomy).")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only collect finished runs into the table and plot.")
 flags.mark_flags_as_required(["config"])
 
@@ -41,6 +46,12 @@ def main(argv):
     return
   if _SAMPLING.value:
     print(json.dumps(scaling.sampling_report(config), indent=1))
+    return
+  if _FALSE_POSITIVES.value:
+    fp = scaling.false_positive_anatomy(config, _WORKDIR.value, _FALSE_POSITIVES.value)
+    print(fp["table"])
+    print()
+    print(json.dumps(fp["runs"]))
     return
   cli.init_processes()
   summary = scaling.collect(config, _WORKDIR.value) if _COLLECT.value else scaling.run_study(
