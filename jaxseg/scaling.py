@@ -432,11 +432,11 @@ def _plot(stats: dict, path: str) -> None:
   plt.close(fig)
 
 
-def _run_false_positives(workdir: str, name: str) -> tuple[list[dict], int]:
-  """(one row per predicted tumour component of the run's held-out controls, number of controls).
+def _run_components(workdir: str, name: str) -> tuple[list[dict], dict[str, bool]]:
+  """(one row per predicted tumour component of the run's held-out cases, {case: is a tumour case}).
 
-  Predicts each held-out control case with the run's final checkpoint (the one its result was measured
-  with) and keeps the rows in ``<run>/eval/false_positives.csv``; a later call reads them from there.
+  Predicts each held-out case with the run's final checkpoint (the one its result was measured with) and
+  keeps the rows in ``<run>/eval/components.csv``; a later call reads them from there.
   """
   run_dir = os.path.join(workdir, "runs", name)
   result_path = os.path.join(run_dir, "result.json")
@@ -444,37 +444,43 @@ def _run_false_positives(workdir: str, name: str) -> tuple[list[dict], int]:
     raise ValueError(f"{result_path}: run {name!r} has not finished (no result)")
   with open(result_path) as f:
     result = json.load(f)
-  controls = [c["case"] for c in result["cases"] if not c.get("tumor_case")]
-  path = os.path.join(run_dir, "eval", "false_positives.csv")
+  cases = {c["case"]: bool(c.get("tumor_case")) for c in result["cases"]}
+  path = os.path.join(run_dir, "eval", "components.csv")
   if os.path.exists(path):
     with open(path) as f:
       rows = [r for r in csv.DictReader(f) if r.get("case")]
     for r in rows:
-      r.update(volume_mm3=float(r["volume_mm3"]), share_in_organ=float(r["share_in_organ"]),
-               structure_share=float(r["structure_share"]), on_lesion=r["on_lesion"] == "True")
-    return rows, len(controls)
+      r.update({k: float(r[k]) for k in ("volume_mm3", "share_in_organ", "structure_share", "mean_prob",
+                                         "max_prob", "case_score")})
+      r.update(on_lesion=r["on_lesion"] == "True", true_positive=r["true_positive"] == "True")
+    return rows, cases
   config, params, _ = assembly.restore_for_inference(run_dir, int(result["steps"]))
   cache_dir = prepare_data(copy.deepcopy(config.data))
   rows = []
-  for case_id in controls:
-    rows += [dict(run=name, **r) for r in false_positives.control_case_anatomy(config, params, cache_dir, case_id)]
+  for case_id in cases:
+    rows += [dict(run=name, **r) for r in false_positives.case_components(config, params, cache_dir, case_id)]
   _write_csv(path + ".tmp", rows or [{"run": name}])
   os.replace(path + ".tmp", path)
-  return rows, len(controls)
+  return rows, cases
 
 
-def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, names: str) -> dict:
-  """Where the false-positive tumours of finished runs lie, per arm and N (a specificity diagnostic).
+def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, names: str,
+                           num_bootstrap: int = 2000) -> dict:
+  """Where the false-positive tumours of finished runs lie, and whether a confidence rule could drop them.
 
   Args:
     config: the study config.
     workdir: the study folder.
     names: comma-separated run names, or "all" for every finished run.
+    num_bootstrap: resamples for the AUC's interval.
 
   Returns:
     {"runs": {name: {"controls", "components", "by_structure"}}, "table": markdown}: per (N, arm), false-
     positive components per control case in the organ's own parenchyma, on other annotated structures
-    (the most frequent named), on another organ's real lesion, and outside any annotated structure.
+    (the most frequent named), on another organ's real lesion, and outside any annotated structure; and the
+    confidence AUC: tumour cases against controls by each case's most confident component (its mean tumour
+    probability, what ``eval.min_tumor_confidence`` thresholds; 0 without a component), 0.5 meaning no
+    threshold of that rule separates them.
   """
   if names == "all":
     chosen = [n for n in run_names(config) if os.path.exists(os.path.join(workdir, "runs", n, "result.json"))]
@@ -485,23 +491,30 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
   organ = labels_lib.check_organs(config.data.organs)[0]
   per_run, groups = {}, {}
   for name in chosen:
-    rows, controls = _run_false_positives(workdir, name)
-    per_run[name] = {"controls": controls, "components": len(rows),
-                     "by_structure": false_positives.summarize(rows)}
-    arm, n, _ = parse_name(name)
-    g = groups.setdefault((n, arm), {"controls": 0, "runs": 0, "rows": []})
-    g["controls"] += controls
-    g["runs"] += 1
-    g["rows"] += rows
+    rows, cases = _run_components(workdir, name)
+    fps = [r for r in rows if not cases[r["case"]]]
+    per_run[name] = {"controls": sum(not t for t in cases.values()), "components": len(fps),
+                     "by_structure": false_positives.summarize(fps)}
+    arm, n, seed = parse_name(name)
+    g = groups.setdefault((n, arm), {"controls": 0, "runs": [], "fps": []})
+    g["controls"] += per_run[name]["controls"]
+    g["fps"] += fps
+    confidence = {c: 0.0 for c in cases}
+    for r in rows:
+      confidence[r["case"]] = max(confidence[r["case"]], r["mean_prob"])
+    g["runs"].append({"seed": seed, "cases": [{"case": c, "tumor_case": t, "score": confidence[c]}
+                                              for c, t in cases.items()]})
   out = [f"False-positive tumour components per held-out control case, by what lies under them ({organ}: the "
          "organ's own parenchyma; neighbour: another annotated structure; lesion: another organ's real lesion; "
-         "outside: no annotated structure). Mean over the runs' control cases.", "",
-         "| N | arm | runs | all | in the " + organ + " | on neighbours (most: name, count) | on another organ's "
-         "lesion | outside |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "outside: no annotated structure), mean over the runs' control cases; and the confidence AUC [95% "
+         "bootstrap interval, seeds and cases resampled]: tumour cases against controls by their most "
+         "confident component's mean tumour probability (0.5: no eval.min_tumor_confidence separates them).",
+         "", "| N | arm | runs | all | in the " + organ + " | on neighbours (most: name, count) | on another "
+         "organ's lesion | outside | confidence AUC |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for (n, arm), g in sorted(groups.items(), key=lambda kv: (kv[0][0], ARMS.index(kv[0][1]))):
-    rows, c = g["rows"], max(g["controls"], 1)
-    lesion = [r for r in rows if r["on_lesion"]]
-    rest = [r for r in rows if not r["on_lesion"]]
+    fps, c = g["fps"], max(g["controls"], 1)
+    lesion = [r for r in fps if r["on_lesion"]]
+    rest = [r for r in fps if not r["on_lesion"]]
     inside = [r for r in rest if r["structure"] == organ]
     outside = [r for r in rest if r["structure"] == false_positives.NONE]
     neighbours = [r for r in rest if r["structure"] not in (organ, false_positives.NONE)]
@@ -509,9 +522,12 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
     for r in neighbours:
       counts[r["structure"]] = counts.get(r["structure"], 0) + 1
     top = max(counts.items(), key=lambda kv: kv[1], default=("-", 0))
-    out.append(f"| {n} | {arm_name(arm, n)} | {g['runs']} | {len(rows) / c:.2f} | {len(inside) / c:.2f} | "
+    seeds = sorted(r["seed"] for r in g["runs"])
+    scores, positive = _score_grid(g["runs"], "cases", seeds)
+    a, lo, hi = crossed_auc_bootstrap(scores, positive, num_bootstrap)
+    out.append(f"| {n} | {arm_name(arm, n)} | {len(g['runs'])} | {len(fps) / c:.2f} | {len(inside) / c:.2f} | "
                f"{len(neighbours) / c:.2f} ({top[0]}: {top[1] / c:.2f}) | {len(lesion) / c:.2f} | "
-               f"{len(outside) / c:.2f} |")
+               f"{len(outside) / c:.2f} | {_fmt({'a': a, 'a_lo': lo, 'a_hi': hi}, 'a', 2)} |")
   return {"runs": per_run, "table": "\n".join(out)}
 
 

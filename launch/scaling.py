@@ -28,9 +28,10 @@ _LIST = flags.DEFINE_bool("list", False, "Print the run names, one per line, and
 _SAMPLING = flags.DEFINE_bool("sampling", False, "Print how tumour-rich the training patches are against the "
                                "held-out windows (jaxseg.scaling.sampling_report) and exit.")
 _FALSE_POSITIVES = flags.DEFINE_string(
-    "false_positives", "", "Finished runs (comma-separated names, or all): predict their held-out control cases "
-    "again (once per run; kept in <run>/eval/false_positives.csv) and print what lies under each false-"
-    "positive tumour, per arm and N (jaxseg.scaling.false_positive_anatomy).")
+    "false_positives", "", "Finished runs (comma-separated names, or all): predict their held-out cases again "
+    "(once per run; kept in <run>/eval/components.csv) and print what lies under each false-positive "
+    "tumour and whether a confidence rule could separate the controls, per arm and N "
+    "(jaxseg.scaling.false_positive_anatomy).")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only collect finished runs into the table and plot.")
 flags.mark_flags_as_required(["config"])
 

@@ -39,6 +39,13 @@ def test_components_are_named_by_the_structure_holding_most_of_them():
   (edge,) = [r for r in rows if 0 < r["share_in_organ"] < 1]
   # Row 9 in the liver, rows 10-11 outside it and before the pancreas (from row 12): a third inside.
   assert edge["share_in_organ"] == pytest.approx(1 / 3) and edge["structure"] == fp.NONE
+  # With the tumour probability, each component's mean and largest probability.
+  prob = np.where(pred, 0.6, 0.1)
+  prob[4, 4, 4] = 0.95
+  with_prob = fp.component_anatomy(pred, structures, "liver", (2.0, 2.0, 3.0), tumor_prob=prob)
+  inside_p = [r for r in with_prob if r["share_in_organ"] == 1.0][0]
+  assert inside_p["max_prob"] == pytest.approx(0.95) and inside_p["mean_prob"] == pytest.approx(0.6 + 0.35 / 8)
+  assert all(r["max_prob"] == pytest.approx(0.6) for r in with_prob if r is not inside_p)
   # The detection's volume floor applies: the smallest components are not counted.
   assert len(fp.component_anatomy(pred, structures, "liver", (2.0, 2.0, 3.0), min_volume_mm3=100)) == 3
   table = fp.summarize(rows)

@@ -297,15 +297,15 @@ def test_toy_study_runs_collects_and_resumes(tmp_path, toy_data):
   assert "| 0 | synth | 1 (0) |" in out
   _study(workdir, toy_data, "--only=real_n1_s0")
   assert os.path.getmtime(marker) == before
-  # What lies under the run's false positives: every held-out control predicted again, one row per
-  # component, kept for the next call; the table has a row per arm and N asked for.
+  # What lies under the run's false positives: every held-out case predicted again, one row per component,
+  # kept for the next call; the table has a row per arm and N asked for, with the confidence AUC.
   out = _study(workdir, toy_data, "--false_positives=real_n1_s0,synth_n1_s0").stdout
   runs = json.loads(out.strip().splitlines()[-1])
-  assert "| 1 | real | 1 |" in out and "| 1 | real+synth | 1 |" in out
+  assert "| 1 | real | 1 |" in out and "| 1 | real+synth | 1 |" in out and "confidence AUC" in out
   result = json.load(open(marker))
   assert runs["real_n1_s0"]["components"] == sum(c["fp_components"] for c in result["cases"]
                                                  if not c["tumor_case"])
-  csv_path = os.path.join(workdir, "runs", "real_n1_s0", "eval", "false_positives.csv")
+  csv_path = os.path.join(workdir, "runs", "real_n1_s0", "eval", "components.csv")
   before = os.path.getmtime(csv_path)
   again = _study(workdir, toy_data, "--false_positives=real_n1_s0").stdout
   assert os.path.getmtime(csv_path) == before and "| 1 | real | 1 |" in again

@@ -21,7 +21,7 @@ import numpy as np
 from jaxseg import labels as labels_lib
 from jaxseg.data import cache
 from jaxseg.data.geometry import to_canonical
-from jaxseg.infer.predict import predict_volume
+from jaxseg.infer.predict import predict_volume_and_probs
 from jaxseg.metrics import detection
 
 LESION_SUFFIXES = ("_tumor", "_lesion")
@@ -50,14 +50,17 @@ def structures_on_grid(case_folder: str, spacing: Sequence[float], shape: Sequen
 
 
 def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray], organ: str,
-                      spacing: Sequence[float], min_volume_mm3: float = 0.0) -> list[dict]:
+                      spacing: Sequence[float], min_volume_mm3: float = 0.0,
+                      tumor_prob: np.ndarray | None = None) -> list[dict]:
   """One row per predicted tumour component (26-connected, at least ``min_volume_mm3``, as detection counts).
 
   Returns:
     dicts: volume_mm3, share_in_organ (of the component's voxels inside ``organ``'s mask), structure (the
     annotated structure, ``organ`` included, holding most of its voxels, or NONE when more of them lie in
-    no annotated structure than in any one), structure_share (that largest share), on_lesion (it touches a structure named *_tumor or *_lesion other than the organ's own
-    tumour: a real lesion of another organ).
+    no annotated structure than in any one), structure_share (that largest share), on_lesion (it touches
+    a structure named *_tumor or *_lesion other than the organ's own tumour: a real lesion of another
+    organ); with ``tumor_prob`` (the tumour class's probability [X, Y, Z])
+    also mean_prob and max_prob over the component (what a confidence rule would see).
   """
   lab, n = detection.components(pred_tumor, spacing, min_volume_mm3)
   if n == 0:
@@ -72,6 +75,12 @@ def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray],
   for m in structures.values():
     annotated |= m
   overlap[NONE] = sizes - np.bincount(lab[annotated].ravel(), minlength=n + 1)[1:]
+  if tumor_prob is not None:
+    p = np.asarray(tumor_prob, np.float64)[lab > 0]
+    ids = lab[lab > 0]
+    mean_prob = np.bincount(ids, weights=p, minlength=n + 1)[1:] / sizes
+    max_prob = np.zeros(n + 1)
+    np.maximum.at(max_prob, ids, p)
   rows = []
   for i in range(n):
     best = max(overlap, key=lambda k: (overlap[k][i], k != NONE))  # a tie goes to the structure
@@ -79,29 +88,39 @@ def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray],
                  "share_in_organ": float(in_organ[i] / sizes[i]),
                  "structure": best, "structure_share": float(overlap[best][i] / sizes[i]),
                  "on_lesion": bool(any(overlap[k][i] > 0 for k in lesions))})
+    if tumor_prob is not None:
+      rows[-1].update(mean_prob=float(mean_prob[i]), max_prob=float(max_prob[i + 1]))
   return rows
 
 
-def control_case_anatomy(config, params, cache_dir: str, case_id: str, mesh=None) -> list[dict]:
-  """Predicts one cached control case and names the structure under each predicted tumour component.
+def case_components(config, params, cache_dir: str, case_id: str, mesh=None) -> list[dict]:
+  """Predicts one cached case and describes each predicted tumour component of its first organ.
 
-  Every predicted tumour component of a control case is a false positive. The first organ of
-  ``config.data.organs`` is the one the components are measured against.
+  Rows as ``component_anatomy`` (with the probabilities) plus case, component, case_score (the AUC's
+  score, jaxseg.infer.predict) and true_positive (it overlaps the case's annotated tumour; every component
+  of a control case is a false positive). The first organ of ``config.data.organs`` is measured.
   """
-  image, _, meta = cache.load_case(cache_dir, case_id)
+  image, label, meta = cache.load_case(cache_dir, case_id)
   spacing = meta["spacing"]
-  pred, scores = predict_volume(config, params, np.asarray(image), spacing, mesh=mesh)
+  pred, scores, probs = predict_volume_and_probs(config, params, np.asarray(image), spacing, mesh=mesh)
   organs = labels_lib.check_organs(config.data.organs)
   organ = organs[0]
   tumor_id = labels_lib.tumor_label(organs, organ)
   structures = structures_on_grid(os.path.dirname(meta["source_image"]), spacing, pred.shape)
-  rows = component_anatomy(pred == tumor_id, structures, organ, spacing,
-                           float(config.eval.min_tumor_volume_mm3))
-  return [dict(case=case_id, component=i + 1, case_score=scores[tumor_id], **r) for i, r in enumerate(rows)]
+  tumor = pred == tumor_id
+  rows = component_anatomy(tumor, structures, organ, spacing, float(config.eval.min_tumor_volume_mm3),
+                           tumor_prob=probs[..., 0])
+  lab, n = detection.components(tumor, spacing, float(config.eval.min_tumor_volume_mm3))
+  hit = np.bincount(lab[np.asarray(label) == tumor_id].ravel(), minlength=n + 1)[1:] > 0
+  return [dict(case=case_id, component=i + 1, case_score=scores[tumor_id], true_positive=bool(hit[i]), **r)
+          for i, r in enumerate(rows)]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-  """Components and volume per structure, largest count first: [{structure, components, share, volume_mm3}]."""
+  """Components and volume per structure, largest count first: [{structure, components, share, volume_mm3}].
+
+  Give it the false positives (e.g. the components of control cases).
+  """
   total = max(len(rows), 1)
   out = {}
   for r in rows:

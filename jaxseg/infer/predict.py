@@ -92,6 +92,14 @@ def _window_logits(config: ml_collections.ConfigDict, params, image_hu, mesh, pr
 def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarray,
                    spacing: Sequence[float], mesh=None, predict_fn: Callable | None = None,
                    progress: bool = False) -> tuple[np.ndarray, dict[int, float]]:
+  """Segments one canonical CT: (labels, scores) of ``predict_volume_and_probs``, without the probabilities."""
+  labels, scores, _ = predict_volume_and_probs(config, params, image_hu, spacing, mesh, predict_fn, progress)
+  return labels, scores
+
+
+def predict_volume_and_probs(config: ml_collections.ConfigDict, params, image_hu: np.ndarray,
+                             spacing: Sequence[float], mesh=None, predict_fn: Callable | None = None,
+                             progress: bool = False) -> tuple[np.ndarray, dict[int, float], np.ndarray]:
   """Segments one canonical CT.
 
   Args:
@@ -106,7 +114,8 @@ def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarr
   Returns:
     (label map uint8 [X, Y, Z] after post-processing,
      scores {tumour label id: the largest predicted probability of that tumour inside the region where
-     post-processing allows it (0 when none)}: the per-case tumour score of the AUC).
+     post-processing allows it (0 when none)}: the per-case tumour score of the AUC,
+     float16 [X, Y, Z, organs] softmax probability of each organ's tumour class).
   """
   organs = labels_lib.check_organs(config.data.organs)
   logits = _window_logits(config, params, image_hu, mesh, predict_fn, progress, "predict_volume")
@@ -118,7 +127,7 @@ def predict_volume(config: ml_collections.ConfigDict, params, image_hu: np.ndarr
   for i, organ in enumerate(organs):
     region = post.tumor_allowed_region(labels, spacing, organs, organ, config.eval)
     scores[tumor_ids[i]] = float(probs[..., i][region].max()) if region.any() else 0.0
-  return labels, scores
+  return labels, scores, probs
 
 
 RESAMPLE_MODES = ("probabilities", "labels")
