@@ -464,6 +464,10 @@ def _run_components(workdir: str, name: str) -> tuple[list[dict], dict[str, bool
   return rows, cases
 
 
+def _median(values: list[float]) -> str:
+  return f"{float(np.median(values)):.2f}" if values else "-"
+
+
 def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, names: str,
                            num_bootstrap: int = 2000) -> dict:
   """Where the false-positive tumours of finished runs lie, and whether a confidence rule could drop them.
@@ -496,9 +500,10 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
     per_run[name] = {"controls": sum(not t for t in cases.values()), "components": len(fps),
                      "by_structure": false_positives.summarize(fps)}
     arm, n, seed = parse_name(name)
-    g = groups.setdefault((n, arm), {"controls": 0, "runs": [], "fps": []})
+    g = groups.setdefault((n, arm), {"controls": 0, "runs": [], "fps": [], "hits": []})
     g["controls"] += per_run[name]["controls"]
     g["fps"] += fps
+    g["hits"] += [r["mean_prob"] for r in rows if r["true_positive"]]
     confidence = {c: 0.0 for c in cases}
     for r in rows:
       confidence[r["case"]] = max(confidence[r["case"]], r["mean_prob"])
@@ -508,9 +513,12 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
          "organ's own parenchyma; neighbour: another annotated structure; lesion: another organ's real lesion; "
          "outside: no annotated structure), mean over the runs' control cases; and the confidence AUC [95% "
          "bootstrap interval, seeds and cases resampled]: tumour cases against controls by their most "
-         "confident component's mean tumour probability (0.5: no eval.min_tumor_confidence separates them).",
-         "", "| N | arm | runs | all | in the " + organ + " | on neighbours (most: name, count) | on another "
-         "organ's lesion | outside | confidence AUC |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "confident component's mean tumour probability (0.5: no eval.min_tumor_confidence separates them); "
+         "and the median of that mean probability over the components that hit a tumour and over the false "
+         "positives in the organ.",
+         "", "| N | arm | runs | all | in the " + organ + " (controls with one) | on neighbours (most: name, count) | on another "
+         "organ's lesion | outside | confidence AUC | mean probability: hits / in-organ FPs |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for (n, arm), g in sorted(groups.items(), key=lambda kv: (kv[0][0], ARMS.index(kv[0][1]))):
     fps, c = g["fps"], max(g["controls"], 1)
     lesion = [r for r in fps if r["on_lesion"]]
@@ -522,12 +530,14 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
     for r in neighbours:
       counts[r["structure"]] = counts.get(r["structure"], 0) + 1
     top = max(counts.items(), key=lambda kv: kv[1], default=("-", 0))
+    with_inside = len({(r["run"], r["case"]) for r in inside})
     seeds = sorted(r["seed"] for r in g["runs"])
     scores, positive = _score_grid(g["runs"], "cases", seeds)
     a, lo, hi = crossed_auc_bootstrap(scores, positive, num_bootstrap)
-    out.append(f"| {n} | {arm_name(arm, n)} | {len(g['runs'])} | {len(fps) / c:.2f} | {len(inside) / c:.2f} | "
-               f"{len(neighbours) / c:.2f} ({top[0]}: {top[1] / c:.2f}) | {len(lesion) / c:.2f} | "
-               f"{len(outside) / c:.2f} | {_fmt({'a': a, 'a_lo': lo, 'a_hi': hi}, 'a', 2)} |")
+    out.append(f"| {n} | {arm_name(arm, n)} | {len(g['runs'])} | {len(fps) / c:.2f} | {len(inside) / c:.2f} "
+               f"({with_inside}/{g['controls']}) | {len(neighbours) / c:.2f} ({top[0]}: {top[1] / c:.2f}) | {len(lesion) / c:.2f} | "
+               f"{len(outside) / c:.2f} | {_fmt({'a': a, 'a_lo': lo, 'a_hi': hi}, 'a', 2)} | "
+               f"{_median([float(v) for v in g['hits']])} / {_median([r['mean_prob'] for r in inside])} |")
   return {"runs": per_run, "table": "\n".join(out)}
 
 
