@@ -12,10 +12,11 @@ is evaluated on the same held-out phantoms (tumour and control cases) and on the
 phantom variant. The phantoms carry the generator's calibrated lesions (phantoms version 3: liver lesions
 sized and contrasted like real metastases), not the demo's former "easy" ones.
 
-The default grid is for a 2-core CPU: N in {0, 2, 6, 20}, 3 seeds, 2,000 steps (the demo's budget: at N = 20
-the real arm sees each real tumour case in about 170 patches), 33 runs (21 without the realistic arm); expect
-about 15 minutes per run on a quiet 2-core CPU (training about 12, evaluation of 16 held-out and 8 OOD
-phantoms about 3), about 8 hours in all (about 5 without the realistic arm).
+The default grid is for a 2-core CPU: N in {0, 2, 20}, 3 seeds, 2,000 steps (the demo's budget: at N = 20
+the real arm sees each real tumour case in about 170 patches), the realistic arm at N = 20 only: 18 runs of
+about 15 minutes on a quiet 2-core CPU (training about 12, evaluation of 16 held-out and 8 OOD phantoms about
+3), about 4.5 hours. More points cost 15 minutes per run and arm: ``--config.scaling.num_real="(0,2,6,20)"``
+adds N = 6 (6 runs), ``--config.scaling.num_real_realistic="()"`` runs the realistic arm at every N.
 
 Variants (``--config=configs/scaling_phantom.py:<variant>``):
   gpu  N in {0, 5, 10, 20, 50, 100, 200} on 480 phantoms (40 held out), a 16-128 model, batch 8, 20,000 steps
@@ -43,8 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
   c.scaling = ml_collections.ConfigDict()
-  c.scaling.num_real = (0, 2, 6, 20)  # 0: synthetic tumours only (the "synth" arm)
+  c.scaling.num_real = (0, 2, 20)     # 0: synthetic tumours only (the "synth" arm)
   c.scaling.arms = ("real", "real+synth", "real+realistic")
+  c.scaling.num_real_realistic = (20,)  # the realistic arm's N (() for every N of num_real)
   c.scaling.seeds = (0, 1, 2)
   c.scaling.ood = "phantom_ood"       # "" for none, "phantom_ood", or "layout:dir" of a real OOD set
   c.scaling.ood_cases = 8
@@ -68,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.overlap = 0.5
     c.eval.window_batch = 32
     c.scaling.num_real = (0, 5, 10, 20, 50, 100, 200)
+    c.scaling.num_real_realistic = ()
     c.scaling.ood_cases = 40
   elif arg == "toy":
     c.data.phantom.num_cases = 8
@@ -76,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 2
     c.scaling.num_real = (0, 1, 2)
     c.scaling.arms = ("real", "real+synth")
+    c.scaling.num_real_realistic = ()
     c.scaling.seeds = (0,)
     c.scaling.ood_cases = 3
     c.scaling.bootstrap = 200

@@ -70,9 +70,14 @@ def arm_name(arm: str, num_real: int) -> str:
 def run_names(config: ml_collections.ConfigDict) -> list[str]:
   """Every run of the study, in a fixed order: ``<arm>_n<N>_s<seed>`` (arm "real+synth" spelled "synth").
 
-  N = 0 has only the synthetic arm (the real arm would have no tumour to learn from).
+  N = 0 has only the synthetic arm (the real arm would have no tumour to learn from). The real+realistic
+  arm runs at the N of ``scaling.num_real_realistic`` when that is set (a subset of num_real), else at every N.
   """
   s = config.scaling
+  realistic_n = tuple(int(n) for n in s.get("num_real_realistic", ()) or s.num_real)
+  if not set(realistic_n) <= {int(n) for n in s.num_real}:
+    raise ValueError(f"scaling.num_real_realistic: {realistic_n} must be a subset of scaling.num_real "
+                     f"{tuple(s.num_real)}")
   for arm in s.arms:
     if arm not in ARMS:
       raise ValueError(f"scaling.arms: unknown arm {arm!r}; known: {', '.join(ARMS)}")
@@ -82,7 +87,8 @@ def run_names(config: ml_collections.ConfigDict) -> list[str]:
     raise ValueError(f"scaling.arms: real+realistic needs synth.mode='patch' (realistic mode places tumours as "
                      f"patch mode does), got {config.synth.mode!r}: the arms would differ in their crops too")
   return [f"{_PREFIX[arm]}_n{n}_s{seed}"
-          for n in s.num_real for arm in s.arms for seed in s.seeds if not (int(n) == 0 and arm == "real")]
+          for n in s.num_real for arm in s.arms for seed in s.seeds
+          if not (int(n) == 0 and arm == "real") and not (arm == "real+realistic" and int(n) not in realistic_n)]
 
 
 def parse_name(name: str) -> tuple[str, int, int]:

@@ -155,7 +155,14 @@ def test_realistic_arm_names_pairs_and_placement_check():
   config = config_from_file(CONFIG)
   assert "real+realistic" in config.scaling.arms
   names = scaling.run_names(config)
-  assert "realistic_n0_s0" in names and "realistic_n20_s2" in names and len(names) == 33
+  # The CPU grid: N in {0, 2, 20} for real and real+synth, the realistic arm at N = 20 only.
+  assert "realistic_n20_s2" in names and "realistic_n0_s0" not in names and len(names) == 15 + 3
+  config.scaling.num_real_realistic = ()
+  assert "realistic_n0_s0" in scaling.run_names(config) and len(scaling.run_names(config)) == 24
+  config.scaling.num_real_realistic = (6,)
+  with pytest.raises(ValueError, match="num_real_realistic"):
+    scaling.run_names(config)
+  config.scaling.num_real_realistic = (20,)
   assert scaling.parse_name("realistic_n6_s1") == ("real+realistic", 6, 1)
   assert scaling.arm_name("real+realistic", 0) == "realistic"
   rng = np.random.default_rng(0)
