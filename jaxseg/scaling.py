@@ -522,8 +522,8 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
          "confident component's mean tumour probability (0.5: no eval.min_tumor_confidence separates them); "
          "and the median of that mean probability over the components that hit a tumour and over the false "
          "positives in the organ.",
-         "", "| N | arm | runs | all | in the " + organ + " (controls with one) | on neighbours (most: name, count) | on another "
-         "organ's lesion | outside | confidence AUC | mean probability: hits / in-organ FPs |",
+         "", "| N | arm | runs | all | in the " + organ + " (controls with one) | on neighbours (most: name, "
+         "count) | on another organ's lesion | outside | confidence AUC | mean probability: hits / in-organ FPs |",
          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for (n, arm), g in sorted(groups.items(), key=lambda kv: (kv[0][0], ARMS.index(kv[0][1]))):
     fps, c = g["fps"], max(g["controls"], 1)
@@ -541,8 +541,8 @@ def false_positive_anatomy(config: ml_collections.ConfigDict, workdir: str, name
     scores, positive = _score_grid(g["runs"], "cases", seeds)
     a, lo, hi = crossed_auc_bootstrap(scores, positive, num_bootstrap)
     out.append(f"| {n} | {arm_name(arm, n)} | {len(g['runs'])} | {len(fps) / c:.2f} | {len(inside) / c:.2f} "
-               f"({with_inside}/{g['controls']}) | {len(neighbours) / c:.2f} ({top[0]}: {top[1] / c:.2f}) | {len(lesion) / c:.2f} | "
-               f"{len(outside) / c:.2f} | {_fmt({'a': a, 'a_lo': lo, 'a_hi': hi}, 'a', 2)} | "
+               f"({with_inside}/{g['controls']}) | {len(neighbours) / c:.2f} ({top[0]}: {top[1] / c:.2f}) | "
+               f"{len(lesion) / c:.2f} | {len(outside) / c:.2f} | {_fmt({'a': a, 'a_lo': lo, 'a_hi': hi}, 'a', 2)} | "
                f"{_median([float(v) for v in g['hits']])} / {_median([r['mean_prob'] for r in inside])} |")
   return {"runs": per_run, "table": "\n".join(out)}
 

@@ -46,6 +46,11 @@ def test_components_are_named_by_the_structure_holding_most_of_them():
   inside_p = [r for r in with_prob if r["share_in_organ"] == 1.0][0]
   assert inside_p["max_prob"] == pytest.approx(0.95) and inside_p["mean_prob"] == pytest.approx(0.6 + 0.35 / 8)
   assert all(r["max_prob"] == pytest.approx(0.6) for r in with_prob if r is not inside_p)
+  # With the annotated tumour, which components hit it.
+  gt = np.zeros_like(pred)
+  gt[4, 4, 4] = True
+  flagged = fp.component_anatomy(pred, structures, "liver", (2.0, 2.0, 3.0), gt_tumor=gt)
+  assert [r["true_positive"] for r in flagged] == [r["share_in_organ"] == 1.0 for r in flagged]
   # The detection's volume floor applies: the smallest components are not counted.
   assert len(fp.component_anatomy(pred, structures, "liver", (2.0, 2.0, 3.0), min_volume_mm3=100)) == 3
   table = fp.summarize(rows)

@@ -1,5 +1,5 @@
-"""Where a model's false-positive tumours lie: each predicted tumour component of a control case, named by
-the annotated structure it overlaps most.
+"""Where a model's false-positive tumours lie: each predicted tumour component of a held-out case, named by
+the annotated structure it overlaps most, with its confidence and whether it hits an annotated tumour.
 
 Specificity alone says that a control case kept a predicted tumour; it does not say whether the model
 fired on the organ's own parenchyma, on a neighbour that looks alike (stomach, bowel, vessels), or on a
@@ -51,7 +51,7 @@ def structures_on_grid(case_folder: str, spacing: Sequence[float], shape: Sequen
 
 def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray], organ: str,
                       spacing: Sequence[float], min_volume_mm3: float = 0.0,
-                      tumor_prob: np.ndarray | None = None) -> list[dict]:
+                      tumor_prob: np.ndarray | None = None, gt_tumor: np.ndarray | None = None) -> list[dict]:
   """One row per predicted tumour component (26-connected, at least ``min_volume_mm3``, as detection counts).
 
   Returns:
@@ -60,7 +60,8 @@ def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray],
     no annotated structure than in any one), structure_share (that largest share), on_lesion (it touches
     a structure named *_tumor or *_lesion other than the organ's own tumour: a real lesion of another
     organ); with ``tumor_prob`` (the tumour class's probability [X, Y, Z])
-    also mean_prob and max_prob over the component (what a confidence rule would see).
+    also mean_prob and max_prob over the component (what a confidence rule would see); with ``gt_tumor``
+    (the annotated tumour mask) also true_positive (the component overlaps it).
   """
   lab, n = detection.components(pred_tumor, spacing, min_volume_mm3)
   if n == 0:
@@ -81,6 +82,8 @@ def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray],
     mean_prob = np.bincount(ids, weights=p, minlength=n + 1)[1:] / sizes
     max_prob = np.zeros(n + 1)
     np.maximum.at(max_prob, ids, p)
+  if gt_tumor is not None:
+    hit = np.bincount(lab[np.asarray(gt_tumor, bool)].ravel(), minlength=n + 1)[1:] > 0
   rows = []
   for i in range(n):
     best = max(overlap, key=lambda k: (overlap[k][i], k != NONE))  # a tie goes to the structure
@@ -90,6 +93,8 @@ def component_anatomy(pred_tumor: np.ndarray, structures: dict[str, np.ndarray],
                  "on_lesion": bool(any(overlap[k][i] > 0 for k in lesions))})
     if tumor_prob is not None:
       rows[-1].update(mean_prob=float(mean_prob[i]), max_prob=float(max_prob[i + 1]))
+    if gt_tumor is not None:
+      rows[-1]["true_positive"] = bool(hit[i])
   return rows
 
 
@@ -107,13 +112,9 @@ def case_components(config, params, cache_dir: str, case_id: str, mesh=None) -> 
   organ = organs[0]
   tumor_id = labels_lib.tumor_label(organs, organ)
   structures = structures_on_grid(os.path.dirname(meta["source_image"]), spacing, pred.shape)
-  tumor = pred == tumor_id
-  rows = component_anatomy(tumor, structures, organ, spacing, float(config.eval.min_tumor_volume_mm3),
-                           tumor_prob=probs[..., 0])
-  lab, n = detection.components(tumor, spacing, float(config.eval.min_tumor_volume_mm3))
-  hit = np.bincount(lab[np.asarray(label) == tumor_id].ravel(), minlength=n + 1)[1:] > 0
-  return [dict(case=case_id, component=i + 1, case_score=scores[tumor_id], true_positive=bool(hit[i]), **r)
-          for i, r in enumerate(rows)]
+  rows = component_anatomy(pred == tumor_id, structures, organ, spacing, float(config.eval.min_tumor_volume_mm3),
+                           tumor_prob=probs[..., 0], gt_tumor=np.asarray(label) == tumor_id)
+  return [dict(case=case_id, component=i + 1, case_score=scores[tumor_id], **r) for i, r in enumerate(rows)]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
