@@ -89,6 +89,20 @@ def test_fg_oversample_zero_and_synth_fraction_zero(cache_dir):
   assert with_tumour < 0.9  # uniform crops miss the small tumours some of the time
 
 
+def test_control_patches_are_placed_like_tumour_patches(cache_dir):
+  """Control patches follow the tumour cases' rule with the synthesis organ for the tumour: with
+  fg_oversample 0 and organ_centred 0 they are uniform, so some miss every organ (a run on controls alone
+  must see the abdomen away from the organ); with fg_oversample 1 every one is centred on its organ."""
+  uniform = make_train_loader(_cfg(fg_oversample=0.0, synth_fraction=1.0), cache_dir, _ids(cache_dir), seed=3)
+  patches = [(lab, s) for x in (next(uniform) for _ in range(8)) for lab, s in zip(x["label"], x["synth_organ"])]
+  assert all(s >= 0 for _, s in patches)
+  assert any(lab[8, 8, 8] != 2 * s + 1 for lab, s in patches)
+  assert any(not (lab == 2 * s + 1).any() for lab, s in patches)   # no organ voxel: no synthetic tumour
+  centred = make_train_loader(_cfg(fg_oversample=1.0, synth_fraction=1.0), cache_dir, _ids(cache_dir), seed=3)
+  assert all(lab[8, 8, 8] == 2 * s + 1 for x in (next(centred) for _ in range(4))
+             for lab, s in zip(x["label"], x["synth_organ"]))
+
+
 def test_organ_centred_patches_of_tumour_cases(cache_dir):
   it = make_train_loader(_cfg(fg_oversample=0.0, synth_fraction=0.0, organ_centred=1.0), cache_dir, _ids(cache_dir),
                          seed=2)

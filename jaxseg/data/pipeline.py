@@ -11,11 +11,13 @@ reads and crops: intensity windowing, synthesis and augmentation happen on the d
 
 Patches from tumour cases are centred (with jitter) on a tumour voxel with probability ``fg_oversample``
 (nnU-Net: 0.33), otherwise on a voxel of one of the organs with probability ``organ_centred`` (the
-synthetic-tumour reference crops scans to the organ; 0 is nnU-Net's uniform placement), else uniformly;
-patches from control cases are centred on a voxel of the organ the synthesizer may place a tumour in
-(``synth_organ``), or, in the synthesizer's reference mode, cropped by the published pos 1 : neg 1 rule
-with the tumour sites drawn on the whole case (jaxseg/synth/placement.py). Borders are padded with -1024
-HU, label 0.
+synthetic-tumour reference crops scans to the organ; 0 is nnU-Net's uniform placement), else uniformly.
+Patches from control cases follow the same rule, the organ the synthesizer may place a tumour in
+(``synth_organ``) standing for the tumour: so the real and real+synth arms of a study see the same
+anatomy, and a run on control cases alone still sees the abdomen away from that organ (a patch without
+organ voxels gets no synthetic tumour). In the synthesizer's reference mode, control patches are cropped
+by the published pos 1 : neg 1 rule with the tumour sites drawn on the whole case
+(jaxseg/synth/placement.py). Borders are padded with -1024 HU, label 0.
 Arrays are memory-mapped and only a bounded number of cases stay open per worker, so memory stays flat.
 """
 
@@ -125,20 +127,13 @@ class PatchSampler:
       if self.synth_mode == "reference":
         centre = placement.crop_centre(label, pts, self._organ_labels[synth_organ], size, rng)
       else:
-        centre = pts[rng.integers(len(pts))].astype(np.int64) if pts is not None and len(pts) else shape // 2
+        # A control case is sampled like a tumour case, the organ that may receive a synthetic tumour
+        # standing for the tumour: without the uniform and other-organ patches, a run on controls alone
+        # (N = 0) would never see the abdomen away from that organ. A patch without organ gets no tumour.
+        centre = self._centre(locs, [pts] if pts is not None and len(pts) else [], shape, size, rng, jitter=False)
     else:
       fg = [locs[c] for c in self._tumor_labels if c in locs and len(locs[c])]
-      if fg and rng.random() < self.fg_oversample:
-        pts = fg[rng.integers(len(fg))]
-        jitter = rng.integers(-(size // 4), size // 4 + 1)
-        centre = pts[rng.integers(len(pts))].astype(np.int64) + jitter
-      elif self.organ_centred > 0 and rng.random() < self.organ_centred:
-        # The organ's surroundings, tumour or not: where false positives have to be unlearnt.
-        pts = [locs[c] for c in self._organ_labels if c in locs and len(locs[c])] or fg
-        pts = pts[rng.integers(len(pts))] if pts else None
-        centre = pts[rng.integers(len(pts))].astype(np.int64) if pts is not None else rng.integers(0, shape)
-      else:
-        centre = rng.integers(0, shape)
+      centre = self._centre(locs, fg, shape, size, rng, jitter=True)
     start = centre - size // 2
     out = {
         "image": crop(image, start, size, np.int16(PAD_HU)),
@@ -150,6 +145,21 @@ class PatchSampler:
     if self.synth_specs:
       out.update(self._sites(label, pts, synth_organ, spacing, start, rng))
     return out
+
+  def _centre(self, locs, targets: list, shape, size, rng, jitter: bool) -> np.ndarray:
+    """A patch centre: on a voxel of ``targets`` (the tumour classes' voxel lists; for a control case its
+    synthesis organ's) with probability ``fg_oversample``, shifted by up to a quarter patch if ``jitter``;
+    else on a voxel of one of the organs with probability ``organ_centred``; else uniform in the case."""
+    if targets and rng.random() < self.fg_oversample:
+      pts = targets[rng.integers(len(targets))]
+      offset = rng.integers(-(size // 4), size // 4 + 1) if jitter else 0
+      return pts[rng.integers(len(pts))].astype(np.int64) + offset
+    if self.organ_centred > 0 and rng.random() < self.organ_centred:
+      # The organ's surroundings, tumour or not: where false positives have to be unlearnt.
+      pts = [locs[c] for c in self._organ_labels if c in locs and len(locs[c])] or targets
+      pts = pts[rng.integers(len(pts))] if pts else None
+      return pts[rng.integers(len(pts))].astype(np.int64) if pts is not None else rng.integers(0, shape)
+    return rng.integers(0, shape)
 
   def _annotated(self, case_id: str) -> np.ndarray:
     """The case's annotated-class mask (cache.annotated_mask), read once per case and process."""

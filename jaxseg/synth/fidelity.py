@@ -17,7 +17,8 @@ Two modes are measured. ``reference``: sites drawn on the whole case (placement.
 rendered on the organ's bounding box at once (what the training patches cut out of: the device evaluates
 every tumour at its true coordinates, so a patch holds exactly the part of this mask inside it), crops
 simulated on the whole volume by the loader's pos/neg rule. ``patch``: each training patch centred on a
-random organ voxel, sites drawn inside it, as the loader and device do in patch mode; a "case" is a patch.
+random organ voxel, sites drawn inside it, as the loader (its organ-centred control patches) and device do
+in patch mode; a "case" is a patch.
 """
 
 from __future__ import annotations
