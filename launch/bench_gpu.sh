@@ -21,11 +21,11 @@ run() {
 
 python -c "import jax; print('# devices:', jax.devices())" | tee -a "$OUT_FILE"
 # Train step, ResEnc M at 128^3, batch 2: float32 and bfloat16 compute, synthesis off; then float32 with
-# patch-mode synthesis on half the batch and off in the same process (the synthesizer's share of the step).
+# patch-mode synthesis on half the batch and off, interleaved in one process (the synthesizer's share of the step).
 run python launch/bench_train.py $RESENC --config.synth.enabled=False --steps=10 --peak_tflops="$PEAK_FP32"
 run python launch/bench_train.py $RESENC --config.synth.enabled=False --steps=10 --config.model.dtype=bfloat16 \
     --peak_tflops="$PEAK_BF16"
-run python launch/bench_train.py $RESENC --compare_synth --steps=10 --peak_tflops="$PEAK_FP32"
+run python launch/bench_train.py $RESENC --compare_synth --steps=10
 # Synthesis alone: 96^3 liver patches at 1 mm, a batch of 16 per call (patches/s = 1000 / jax_per_patch_ms).
 for size in tiny large mix; do
   run python launch/bench_synthesis.py --size=$size --patch=96 --batch=16 --numpy_repeats=0

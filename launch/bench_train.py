@@ -4,8 +4,10 @@
   python launch/bench_train.py --config=configs/default.py --config.data.batch_size=2   # on a GPU
   python launch/bench_train.py --config=configs/phantom.py --compare_synth   # synthesis on vs off
 
-Fields: compile_s, step_s (median), patches_per_s, peak_memory_bytes, num_params; with --compare_synth
-both runs and the ratio of step times (synthesis on / off) measured in the same process.
+Fields: compile_s, step_s (median), patches_per_s, peak_memory_bytes, num_params. With --compare_synth
+instead: the step with synthesis on and off, both compiled and then run in alternation for --steps rounds
+(jaxseg/train/benchmark.compare_synthesis): each side's median step time and the per-round ratio on / off
+(median, 10th and 90th percentiles), so the load of a shared machine cancels in the ratio.
 """
 
 import json
@@ -16,7 +18,7 @@ from ml_collections import config_flags
 from jaxseg import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :variant.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported); rounds with --compare_synth.")
 _COMPARE = flags.DEFINE_bool("compare_synth", False, "Also time the step with synthesis off.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The devices' peak TFLOP/s in the compute dtype (all devices "
                            "together), to print the achieved share of it; 0: no share.")
@@ -27,14 +29,12 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   cli.init_processes()
-  from jaxseg.train.benchmark import measure_train_step  # pylint: disable=import-outside-toplevel
+  from jaxseg.train.benchmark import compare_synthesis, measure_train_step  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
-  result = measure_train_step(config, steps=_STEPS.value, peak_tflops=_PEAK.value)
   if _COMPARE.value:
-    on = result
-    config.synth.enabled = False
-    off = measure_train_step(config, steps=_STEPS.value, peak_tflops=_PEAK.value)
-    result = {"synth_on": on, "synth_off": off, "step_time_ratio_on_over_off": round(on["step_s"] / off["step_s"], 3)}
+    result = compare_synthesis(config, rounds=_STEPS.value)
+  else:
+    result = measure_train_step(config, steps=_STEPS.value, peak_tflops=_PEAK.value)
   print(json.dumps(result))
 
 

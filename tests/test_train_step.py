@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxseg.config_checks import ConfigError, check_config
-from jaxseg.train.benchmark import measure_train_step
+from jaxseg.train.benchmark import compare_synthesis, measure_train_step
 
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_config import tiny_config  # noqa: E402
@@ -64,3 +64,13 @@ def test_train_benchmark_reports_xla_flops_and_the_peak_share():
   assert small["flops_per_step"] > 0 and 4.0 < big["flops_per_step"] / small["flops_per_step"] < 12.0
   assert small["peak_share"] == pytest.approx(small["achieved_tflops"], rel=1e-3, abs=1e-4)
   assert big["peak_share"] is None
+
+
+def test_synthesis_comparison_interleaves_both_production_steps():
+  """bench_train --compare_synth: both steps compiled, run in alternation, the ratio taken per round."""
+  c = tiny_config()
+  c.synth.enabled = True
+  r = compare_synthesis(c, rounds=3, warmup=0)
+  assert r["rounds"] == 3 and r["synth_on_step_s"] > 0 and r["synth_off_step_s"] > 0
+  assert 0 < r["ratio_p10"] <= r["ratio_median"] <= r["ratio_p90"]
+  assert c.synth.enabled  # the caller's config is left as it was

@@ -112,3 +112,52 @@ def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup
           "loss": float(m["loss"]), "dtype": str(config.model.dtype),
           "flops_per_step": flops, "achieved_tflops": None if achieved is None else round(achieved, 4),
           "peak_share": round(achieved / peak_tflops, 4) if achieved and peak_tflops > 0 else None}
+
+
+def compare_synthesis(config: ml_collections.ConfigDict, rounds: int = 30, warmup: int = 2) -> dict:
+  """Step time with synthesis on against off, interleaved in one process: what synthesis adds to a step.
+
+  Timing the two steps one after the other lets the load of a shared machine drift between them; here both
+  production steps are compiled first and then run in alternation (on-off, then off-on, round by round), and
+  the ratio is taken within each round, so drift cancels. Reported: the median of the per-round ratios and
+  their 10th-90th percentile spread, with each side's median step time.
+
+  Returns:
+    dict: synth_on / synth_off (step_s medians), ratio_median, ratio_p10, ratio_p90, rounds, batch, patch.
+  """
+  config = resolve_config(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  batch = parallel.global_batch(synthetic_batch(config, config.data.batch_size), mesh)
+  sides = {}
+  for name, enabled in (("on", True), ("off", False)):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.synth.enabled = enabled
+    run = assembly.assemble(c, mesh)
+    state = run.init_state()
+    compiled = run.train_step().lower(state, batch).compile()
+    for _ in range(warmup):
+      state, m = compiled(state, batch)
+      jax.block_until_ready(m)
+    sides[name] = [compiled, state]
+
+  def timed(name):
+    compiled, state = sides[name]
+    t0 = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    sides[name][1] = state
+    return time.perf_counter() - t0
+
+  on, off = [], []
+  for r in range(rounds):
+    order = ("on", "off") if r % 2 == 0 else ("off", "on")
+    t = {n: timed(n) for n in order}
+    on.append(t["on"])
+    off.append(t["off"])
+  ratios = np.asarray(on) / np.asarray(off)
+  return {"synth_on_step_s": round(float(np.median(on)), 4), "synth_off_step_s": round(float(np.median(off)), 4),
+          "ratio_median": round(float(np.median(ratios)), 3), "ratio_p10": round(float(np.percentile(ratios, 10)), 3),
+          "ratio_p90": round(float(np.percentile(ratios, 90)), 3), "rounds": int(rounds),
+          "batch": int(config.data.batch_size), "patch": list(config.data.patch_size),
+          "synth_mode": str(config.synth.mode)}
