@@ -58,9 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Synthetic tumours of the sizes a 3 mm grid can show (the reference's 4 mm "tiny" class and "mix" are
   # one- or two-voxel specks here), on 70% of the control patches: the rest show tumour-free liver.
   c.synth.prob = 0.7
-  # Patch placement (a site in every fired control patch that shows the liver), not the reference's whole-case placement: the
-  # demo's small, fast run relies on every synthetic patch showing a tumour, and its README figures were
-  # measured this way. --config.synth.mode=reference runs the published placement on the phantoms.
+  # Patch placement (a site in every fired control patch that shows the liver), not the reference's
+  # whole-case placement: the demo's small, fast run relies on every such patch showing a tumour, and its
+  # README figures were measured this way. --config.synth.mode=reference runs the published placement on the phantoms.
   c.synth.mode = "patch"
   c.synth.profiles.liver.classes = ("small", "medium", "large")
 

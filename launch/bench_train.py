@@ -19,7 +19,8 @@ from jaxseg import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :variant.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported); rounds with --compare_synth.")
-_COMPARE = flags.DEFINE_bool("compare_synth", False, "Also time the step with synthesis off.")
+_COMPARE = flags.DEFINE_bool("compare_synth", False, "Instead: the step with synthesis on against off, interleaved "
+                              "(--steps rounds).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The devices' peak TFLOP/s in the compute dtype (all devices "
                            "together), to print the achieved share of it; 0: no share.")
 flags.mark_flags_as_required(["config"])

@@ -68,6 +68,23 @@ def compiled_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+def _compiled_step(config, mesh, batch: dict, warmup: int):
+  """The production train step for ``config``, compiled for ``batch`` and run ``warmup`` times.
+
+  Returns:
+    (compiled step, train state after the warm-up, compile seconds).
+  """
+  run = assembly.assemble(config, mesh)
+  state = run.init_state()
+  t0 = time.perf_counter()
+  compiled = run.train_step().lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+  return compiled, state, compile_s
+
+
 def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup: int = 1,
                        peak_tflops: float = 0.0) -> dict:
   """Times the production train step for ``config`` on all devices.
@@ -84,16 +101,8 @@ def measure_train_step(config: ml_collections.ConfigDict, steps: int = 5, warmup
   config = resolve_config(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.data.batch_size, mesh)
-  run = assembly.assemble(config, mesh)
-  state = run.init_state()
-  step = run.train_step()
   batch = parallel.global_batch(synthetic_batch(config, config.data.batch_size), mesh)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    state, m = compiled(state, batch)
-    jax.block_until_ready(m)
+  compiled, state, compile_s = _compiled_step(config, mesh, batch, warmup)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
@@ -123,7 +132,8 @@ def compare_synthesis(config: ml_collections.ConfigDict, rounds: int = 30, warmu
   their 10th-90th percentile spread, with each side's median step time.
 
   Returns:
-    dict: synth_on / synth_off (step_s medians), ratio_median, ratio_p10, ratio_p90, rounds, batch, patch.
+    dict: synth_on_step_s and synth_off_step_s (medians), ratio_median, ratio_p10, ratio_p90 (per-round
+    on / off), rounds, batch, patch, synth_mode.
   """
   config = resolve_config(config)
   mesh = parallel.make_mesh()
@@ -133,13 +143,7 @@ def compare_synthesis(config: ml_collections.ConfigDict, rounds: int = 30, warmu
   for name, enabled in (("on", True), ("off", False)):
     c = ml_collections.ConfigDict(config.to_dict())
     c.synth.enabled = enabled
-    run = assembly.assemble(c, mesh)
-    state = run.init_state()
-    compiled = run.train_step().lower(state, batch).compile()
-    for _ in range(warmup):
-      state, m = compiled(state, batch)
-      jax.block_until_ready(m)
-    sides[name] = [compiled, state]
+    sides[name] = list(_compiled_step(c, mesh, batch, warmup)[:2])
 
   def timed(name):
     compiled, state = sides[name]
