@@ -54,10 +54,11 @@ _PREFIX = {"real": "real", "real+synth": "synth", "real+realistic": "realistic"}
 # Paired differences reported, (arm, minus arm), when both were run.
 PAIRS = (("real+synth", "real"), ("real+realistic", "real"), ("real+realistic", "real+synth"))
 METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
-           "fp_per_control_case", "organ_dsc")
+           "fp_per_control_case", "fp_per_tumor_case", "organ_dsc")
 # The table's columns: (key, heading, digits).
 TABLE = (("tumor_dsc", "tumour DSC", 3), ("tumor_sensitivity", "tumour-wise sensitivity", 2),
          ("specificity", "specificity", 2), ("fp_per_control_case", "FP per control", 2),
+         ("fp_per_tumor_case", "FP per tumour case", 2),
          ("auc", "case AUC", 2),
          ("organ_dsc", "organ DSC", 3), ("ood_tumor_dsc", "OOD tumour DSC", 3))
 

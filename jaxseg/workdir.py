@@ -51,9 +51,10 @@ RESUMABLE_FIELDS = ("train.num_steps", "train.log_every", "train.eval_every", "t
 
 # Metric names train.best_metric may rank by: the scalar keys of evaluate_cases' summary.
 KNOWN_METRICS = ("tumor_dsc", "tumor_nsd", "tumor_hd95", "tumor_sensitivity", "patient_sensitivity",
-                 "specificity", "auc", "fp_per_control_case", "organ_dsc", "organ_nsd", "organ_hd95")
+                 "specificity", "auc", "fp_per_control_case", "fp_per_tumor_case", "organ_dsc", "organ_nsd",
+                 "organ_hd95")
 # best/ keeps the highest value (higher is better): these would keep the worst checkpoint.
-LOWER_IS_BETTER = ("tumor_hd95", "organ_hd95", "fp_per_control_case")
+LOWER_IS_BETTER = ("tumor_hd95", "organ_hd95", "fp_per_control_case", "fp_per_tumor_case")
 
 
 class WorkdirError(ValueError):
@@ -373,7 +374,7 @@ def known_metrics(organs: tuple[str, ...]) -> set[str]:
   """The scalar keys of evaluate_cases' summary for ``organs``: what train.best_metric may name."""
   out = set(KNOWN_METRICS) | {f"tumor_sensitivity_{b}" for b in detection.SIZE_BINS}
   per_label = ("dsc", "nsd", "hd95", "tumor_sensitivity", "patient_sensitivity", "specificity", "auc",
-               "fp_per_control_case", *[f"tumor_sensitivity_{b}" for b in detection.SIZE_BINS])
+               "fp_per_control_case", "fp_per_tumor_case", *[f"tumor_sensitivity_{b}" for b in detection.SIZE_BINS])
   for name in labels_lib.class_names(tuple(organs))[1:]:
     out |= {f"{name}/{m}" for m in per_label}
   return out
@@ -412,7 +413,7 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
   if t.best_metric not in known:
     raise ValueError(f"train.best_metric: unknown metric {t.best_metric!r}; known: {', '.join(KNOWN_METRICS)}, "
                      "tumor_sensitivity_<lt10|10to20|gt20>, <label>/<dsc|nsd|...>")
-  if t.best_metric in LOWER_IS_BETTER or t.best_metric.endswith("hd95"):
+  if t.best_metric.split("/")[-1] in LOWER_IS_BETTER or t.best_metric.endswith("hd95"):
     raise ValueError(f"train.best_metric: {t.best_metric} is lower-is-better and best/ keeps the highest "
                      f"value; use one of {', '.join(m for m in KNOWN_METRICS if m not in LOWER_IS_BETTER)}")
   if int(config.data.num_val) < 0:

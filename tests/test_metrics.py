@@ -220,11 +220,19 @@ def test_evaluate_case_and_summary_by_hand():
   assert s["patient_sensitivity"] == pytest.approx(0.5)
   assert s["specificity"] == pytest.approx(0.5)
   assert s["fp_per_control_case"] == pytest.approx(0.5)
+  assert s["fp_per_tumor_case"] == 0.0                        # t1 exact, t2 predicts nothing
   # Scores are predicted volumes: t1 27 voxels * 2 mm^3, t2 0, c1 0, c2 2 -> AUC = (1 + 0.5 + 1 + 0) / 4.
   assert s["auc"] == pytest.approx(0.625)
   assert s["organ_dsc"] < 1.0 and s["liver/dsc"] == s["organ_dsc"]
   assert s["labels"]["liver_tumor"]["num_tumor_cases"] == 2
   assert s["tumor_sensitivity_lt10"] == pytest.approx(0.5)
+  # A third tumour case: its tumour found, plus one stray component touching no tumour -> counted per tumour
+  # case (1 of 3), not per control.
+  p3 = gt.copy()
+  p3[14, 14, 14] = 2
+  r3, _ = evaluation.evaluate_case("t3", gt, p3, sp, labels)
+  s3 = evaluation.summarize(rows + r3, labels, num_bootstrap=50)
+  assert s3["fp_per_tumor_case"] == pytest.approx(1 / 3) and s3["fp_per_control_case"] == pytest.approx(0.5)
 
 
 def test_parse_labels():

@@ -98,7 +98,8 @@ def test_check_run_config_catches_what_training_would_meet_late():
                               ("eval.window_batch", 0, "eval.window_batch"),
                               ("eval.nsd_tolerance_mm", 0.0, "eval.nsd_tolerance_mm"),
                               ("train.best_metric", "tumour_dsc", "train.best_metric: unknown metric 'tumour_dsc'"),
-                              ("train.best_metric", "tumor_hd95", "lower-is-better")]:
+                              ("train.best_metric", "tumor_hd95", "lower-is-better"),
+                              ("train.best_metric", "liver_tumor/fp_per_tumor_case", "lower-is-better")]:
     c = tiny_config()
     section, name = field.split(".")
     c[section][name] = value

@@ -107,10 +107,12 @@ def test_sampling_report_compares_training_patches_with_heldout_windows(toy_data
   assert 0 <= r["heldout_share_with_tumour"] <= r["heldout_share_with_tumour_in_tumour_cases"] <= 1
 
 
-def _fake_run(arm, n, seed, dsc, fp, organ=0.9):
-  """A finished run's result with per-case figures: tumour cases t0.. with ``dsc``, controls c0.. with ``fp``."""
+def _fake_run(arm, n, seed, dsc, fp, organ=0.9, fp_tumour=0):
+  """A finished run's result with per-case figures: tumour cases t0.. with ``dsc`` (and ``fp_tumour`` false
+  positives each), controls c0.. with ``fp``."""
   cases = [dict(case=f"t{i}", tumor_case=True, tumor_dsc=d, tumor_nsd=d, gt_tumors=2, detected_tumors=int(d > 0.3)
-                + int(d > 0.6), case_positive=d > 0.3, fp_components=0, organ_dsc=organ) for i, d in enumerate(dsc)]
+                + int(d > 0.6), case_positive=d > 0.3, fp_components=fp_tumour, organ_dsc=organ)
+           for i, d in enumerate(dsc)]
   cases += [dict(case=f"c{i}", tumor_case=False, tumor_dsc=float("nan"), tumor_nsd=float("nan"), gt_tumors=0,
                  detected_tumors=0, case_positive=f > 0, fp_components=f, organ_dsc=organ) for i, f in enumerate(fp)]
   return {"run": f"{'synth' if arm == 'real+synth' else 'real'}_n{n}_s{seed}", "arm": arm, "num_real": n,
@@ -123,7 +125,8 @@ def test_statistics_means_intervals_and_paired_differences():
   rows = []
   for seed in (0, 1, 2):
     rows.append(_fake_run("real", 5, seed, list(base + 0.01 * seed), [1, 0, 2, 0]))
-    rows.append(_fake_run("real+synth", 5, seed, list(np.clip(base + 0.05 + 0.01 * seed, 0, 1)), [0, 0, 1, 0]))
+    rows.append(_fake_run("real+synth", 5, seed, list(np.clip(base + 0.05 + 0.01 * seed, 0, 1)), [0, 0, 1, 0],
+                          fp_tumour=seed))
   rows.append(_fake_run("real+synth", 0, 0, list(base * 0.5), [3, 3, 3, 3]))
   stats = scaling.statistics(rows, num_bootstrap=500)
   pts = {(p["arm"], p["num_real"]): p for p in stats["points"]}
@@ -143,6 +146,9 @@ def test_statistics_means_intervals_and_paired_differences():
   assert d["tumor_dsc_hi"] == pytest.approx(0.05)
   assert pts[("real+synth", 5)]["tumor_dsc_lo"] < real["tumor_dsc_hi"]
   assert d["fp_per_control_case"] == pytest.approx(-0.5)
+  # False positives on the tumour cases count only there (the controls' 0.75 does not leak in).
+  assert real["fp_per_tumor_case"] == 0.0 and pts[("real+synth", 5)]["fp_per_tumor_case"] == pytest.approx(1.0)
+  assert d["fp_per_tumor_case"] == pytest.approx(1.0)
   # Deterministic, and the table names its intervals.
   assert scaling.statistics(rows, num_bootstrap=500) == stats
   md = scaling.markdown_table(stats, rows)

@@ -20,7 +20,7 @@ from jaxseg.metrics.bootstrap import crossed_bootstrap
 
 # The per-case metrics: (numerator, denominator) per held-out case from case_figure.
 CASE_METRICS = ("tumor_dsc", "tumor_nsd", "tumor_sensitivity", "patient_sensitivity", "specificity",
-           "fp_per_control_case", "organ_dsc")
+           "fp_per_control_case", "fp_per_tumor_case", "organ_dsc")
 
 
 def read_case_figures(path: str) -> list[dict]:
@@ -65,6 +65,8 @@ def case_figure(case: dict, metric: str) -> tuple[float, float]:
     return (0.0, 0.0) if tumor else (float(not case["case_positive"]), 1.0)
   if metric == "fp_per_control_case":
     return (0.0, 0.0) if tumor else (float(case["fp_components"]), 1.0)
+  if metric == "fp_per_tumor_case":
+    return (float(case["fp_components"]), 1.0) if tumor else (0.0, 0.0)
   raise ValueError(f"unknown per-case metric {metric!r}")
 
 

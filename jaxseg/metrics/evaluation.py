@@ -158,8 +158,8 @@ def summarize(rows: Sequence[dict], labels: Sequence[LabelSpec], num_bootstrap: 
   Headline keys (floats; NaN when undefined) are those of the first organ label ("organ_dsc",
   "organ_nsd", "organ_hd95") and the first tumour label ("tumor_dsc", "tumor_nsd", "tumor_hd95",
   "tumor_sensitivity" (tumour-wise), "tumor_sensitivity_<bin>", "patient_sensitivity", "specificity",
-  "auc", "fp_per_control_case"). Per-label results are under "labels"; every label's key also appears
-  flat as "<label>/<key>".
+  "auc", "fp_per_control_case", "fp_per_tumor_case"). Per-label results are under "labels"; every label's
+  key also appears flat as "<label>/<key>".
 
   Returns:
     The summary dict (``meta`` is copied in, e.g. checkpoint, config and data).
@@ -185,6 +185,9 @@ def summarize(rows: Sequence[dict], labels: Sequence[LabelSpec], num_bootstrap: 
                                 num_bootstrap, seed + k)
       fp = [r["fp_components"] for r in neg]
       s["fp_per_control_case"] = _stat(fp, num_bootstrap, seed + k)
+      # The same count on the tumour cases (components that touch no tumour): set beside the controls' it
+      # tells a model that fires everywhere (both grow) from one confused by what controls hold.
+      s["fp_per_tumor_case"] = _stat([r["fp_components"] for r in pos], num_bootstrap, seed + k)
       sp, sn = [r["score"] for r in pos], [r["score"] for r in neg]
       s["auc"] = {"value": detection.auc(sp, sn),
                   "ci95": list(bootstrap.bootstrap_auc_ci(sp, sn, num_bootstrap, seed + k))}
@@ -204,6 +207,7 @@ def summarize(rows: Sequence[dict], labels: Sequence[LabelSpec], num_bootstrap: 
   for key in ("patient_sensitivity", "specificity", "auc"):
     summary[key] = t[key]["value"] if t else math.nan
   summary["fp_per_control_case"] = t["fp_per_control_case"]["mean"] if t else math.nan
+  summary["fp_per_tumor_case"] = t["fp_per_tumor_case"]["mean"] if t else math.nan
   for name, s in per_label.items():
     for key, val in s.items():
       if isinstance(val, dict):
