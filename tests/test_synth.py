@@ -123,15 +123,33 @@ def test_colon_margin_and_kidney_exophytic():
   assert 0 < outside.sum() < len(outside)   # exophytic about half of the time
 
 
+def test_bernoulli_mean_equals_the_float_comparison():
+  """The integer threshold fires exactly the bytes with (k + 0.5) / 256 < p, for p on and next to every
+  boundary (k + 0.5) / 256, at 0 and 1, and beyond [0, 1]."""
+  edges = (np.arange(257) + 0.5) / 256.0
+  p = np.concatenate([np.arange(257) / 256.0, edges, np.nextafter(edges.astype(np.float32), np.float32(2)),
+                      np.nextafter(edges.astype(np.float32), np.float32(-1)), [-0.1, 1.3]]).astype(np.float32)
+  bits = np.broadcast_to(np.arange(256, dtype=np.uint8), (p.size, 256))
+  want = ((bits.astype(np.float32) + 0.5) < (p * np.float32(256.0))[:, None]).mean(axis=1)
+  got = np.asarray(jax.jit(sy.bernoulli_mean)(jnp.asarray(bits), jnp.asarray(p)))
+  assert (got == want).all() and 0 < want.mean() < 1
+
+
 @pytest.mark.parametrize("erode", [True, False])
 def test_box_morphology_equals_scipy(erode):
   """The window-sum erosion/dilation equals scipy's with the same box (radius cut to rmax, <= 0 a no-op,
-  the border not eroding), on random masks with radii 0, past rmax and on a single-voxel axis."""
+  the border not eroding), on random masks with radii 0, past rmax and on a single-voxel axis; on an axis of
+  1,200 voxels, whose running counts wrap in the uint8 scan, and with rmax 130, counted in int32."""
   from scipy import ndimage
   rng = np.random.default_rng(3)
   for shape, rmax, radius in (((17, 12, 9), (3, 3, 0), (2, 5, 4)), ((9, 20, 1), (4, 0, 2), (-1, 3, 2)),
-                              ((24, 24, 16), (6, 6, 6), (6, 1, 3))):
+                              ((24, 24, 16), (6, 6, 6), (6, 1, 3)), ((1200, 7, 5), (5, 0, 0), (4, 0, 0)),
+                              ((300, 4, 3), (130, 0, 0), (129, 0, 0))):
     m = ndimage.binary_dilation(rng.random(shape) < 0.08, iterations=2)
+    if shape[0] == 1200:
+      m = rng.random(shape) < 0.3     # no structure to hide a wrong count: one axis, 30% set, 70% unset
+    if erode and max(rmax) > 100:
+      m = rng.random(shape) < 0.998   # mostly set, or a 259-voxel erosion leaves nothing to compare
     got = np.asarray(jax.jit(lambda a, r: ops.box_morphology(a, r, rmax, erode))(m, np.asarray(radius, np.int32)))
     box = np.ones(tuple(2 * np.clip(radius, 0, rmax) + 1), bool)
     want = ndimage.binary_erosion(m, box, border_value=1) if erode else ndimage.binary_dilation(m, box)

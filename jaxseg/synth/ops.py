@@ -59,12 +59,18 @@ def linear_upsample_matrix(n: int, step: int) -> np.ndarray:
   return u
 
 
+def any_along(m: jax.Array, axis=None) -> jax.Array:
+  """``jnp.any(m, axis)`` for a bool volume, as a max over uint8: XLA:CPU reduces bool 3x slower (0.8 ms
+  against 0.26 ms for the z profile of a 96^3 mask here)."""
+  return jnp.max(m.astype(jnp.uint8), axis=axis) > 0
+
+
 def box_morphology(m: jax.Array, radius: jax.Array, rmax: tuple[int, ...], erode: bool) -> jax.Array:
   """Erosion (outside the patch counts as set: the border does not erode) or dilation with a box.
 
   Per axis, a window sum of a cumulative sum: two shifted reads of one associative scan, whatever the
   radius, instead of 2 x rmax shifted copies of the patch (the centre candidates' erosion at 96^3 with
-  rmax 20 read the patch 80 times). jnp.cumsum is not used: on CPU it lowers to a reduce_window that is
+  rmax 20 read the patch 80 times), counted in uint8 where a window's count fits. jnp.cumsum is not used: on CPU it lowers to a reduce_window that is
   quadratic in the axis length; lax.associative_scan is log-depth.
 
   Args:
@@ -82,7 +88,10 @@ def box_morphology(m: jax.Array, radius: jax.Array, rmax: tuple[int, ...], erode
     rm = int(rmax[axis])
     r = jnp.clip(radius[axis], 0, rm)
     # Count the voxels that decide: unset ones for erosion, set ones for dilation; outside counts 0 for both.
-    x = (~m if erode else m).astype(jnp.int32)
+    # In uint8 where a window's count (at most 2 rm + 1) fits: the running sum wraps modulo 256, but the
+    # difference of two running sums is exact modulo 256, hence exact; a quarter of int32's memory traffic
+    # made the candidates' erosion 4-5x faster on this CPU (same result, tests/test_synth.py).
+    x = (~m if erode else m).astype(jnp.uint8 if 2 * rm + 1 < 256 else jnp.int32)
     pad = [(0, 0)] * m.ndim
     pad[axis] = (rm + 1, rm)
     c = jax.lax.associative_scan(jnp.add, jnp.pad(x, pad), axis=axis)

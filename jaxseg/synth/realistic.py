@@ -298,7 +298,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   img = image.astype(jnp.float32)
   if centers is None:
     centers, _ = sample_voxels(_pick_candidates(organ, spacing, spec), d["center_u"])
-  active = d["active"] & jnp.any(organ)
+  active = d["active"] & ops.any_along(organ)
   cf = centers.astype(jnp.float32)
 
   # Shape: scale each tumour's unit shape so its volume is that of the drawn equivalent diameter.
@@ -339,7 +339,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   local = jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), _masked_mean(img, organ, 0.0))   # [K] HU
   rmax = int(np.ceil(_INTERIOR_MM / spec.min_spacing_mm))
   interior = ops.box_morphology(organ, jnp.round(_INTERIOR_MM / spacing).astype(jnp.int32), (rmax,) * 3, erode=True)
-  interior = jnp.where(jnp.any(interior), interior, organ)
+  interior = jnp.where(ops.any_along(interior), interior, organ)
   organ_mean = _masked_mean(img, interior, 0.0)
   organ_std = jnp.sqrt(jnp.maximum(_masked_mean(jnp.square(img - organ_mean), interior, 0.0), 1e-6))
 

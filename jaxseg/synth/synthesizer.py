@@ -83,8 +83,12 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...], class_index:
   return d
 
 
-def _candidate_levels(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -> list[jax.Array]:
-  """Centre candidates in order of preference (axial ranges, then the whole organ)."""
+def _pick_candidates(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -> jax.Array:
+  """Centre candidates: the first non-empty of the rule's voxels in each axial range, else the whole organ.
+
+  The ranges are slabs in z, so which one is non-empty is read from the rule's per-slice occupancy [Z]:
+  one pass over the patch builds the chosen mask, instead of one masked copy and one reduction per range.
+  """
   rmax_mm = spec.erosion_mm / spec.min_spacing_mm
   rmax = (int(np.ceil(rmax_mm)), int(np.ceil(rmax_mm)), 0)
   radius = jnp.round(spec.erosion_mm / spacing).astype(jnp.int32) * jnp.array([1, 1, 0])
@@ -96,23 +100,18 @@ def _candidate_levels(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -
   else:
     base = organ
   z = jnp.arange(organ.shape[2], dtype=jnp.float32)
-  has_z = jnp.any(organ, axis=(0, 1))
+  has_z = ops.any_along(organ, axis=(0, 1))
+  base_z = ops.any_along(base, axis=(0, 1))
   zmin = jnp.min(jnp.where(has_z, z, jnp.inf))
   zmax = jnp.max(jnp.where(has_z, z, -jnp.inf))
-  levels = []
+  # Slices allowed: those of the first range holding a rule voxel (in order of preference), else none.
+  keep, found = jnp.zeros_like(has_z), jnp.zeros((), bool)
   for lo, hi in spec.axial_ranges:
     in_range = (z >= zmin + lo * (zmax - zmin) - 1e-3) & (z <= zmin + hi * (zmax - zmin) + 1e-3)
-    levels.append(base & in_range[None, None, :])
-  levels.append(organ)
-  return levels
-
-
-def _pick_candidates(organ: jax.Array, spacing: jax.Array, spec: ProfileSpec) -> jax.Array:
-  levels = _candidate_levels(organ, spacing, spec)
-  chosen = levels[-1]
-  for lvl in reversed(levels[:-1]):
-    chosen = jnp.where(jnp.any(lvl), lvl, chosen)
-  return chosen
+    hit = jnp.any(base_z & in_range)
+    keep = jnp.where(found, keep, jnp.where(hit, in_range, keep))
+    found = found | hit
+  return jnp.where(found, base & keep[None, None, :], organ)
 
 
 def cell_order(mask: jax.Array) -> jax.Array:
@@ -341,6 +340,21 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
   return ops.apply_separable(jnp.min(qs, axis=0), *ups), None, None
 
 
+def bernoulli_mean(bits: jax.Array, p: jax.Array) -> jax.Array:
+  """Share of the bytes ``bits`` [..., K] that fire at probability ``p`` [...]: byte k fires where
+  (k + 0.5) / 256 < p.
+
+  Counted with one integer threshold per voxel, t = floor(256 p) + [floor(256 p) + 0.5 < 256 p], and the
+  bytes compared as integers: the same hits as the float comparison for every p (tests/test_synth.py),
+  4x faster on this CPU than converting each byte to float.
+  """
+  q = p * 256.0
+  t = jnp.floor(q)
+  t = jnp.clip(t + (t + 0.5 < q), 0, 256).astype(jnp.int16)
+  hits = bits.astype(jnp.int16) < t[..., None]
+  return jnp.sum(hits, axis=-1, dtype=jnp.int32).astype(jnp.float32) / bits.shape[-1]
+
+
 def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: ProfileSpec) -> jax.Array:
   """Texture in [0, 1] over the patch (docs/SYNTHESIS.md, step 4), generated per sample.
 
@@ -371,8 +385,7 @@ def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: Prof
   else:
     a = (a - jnp.min(a)) / jnp.maximum(jnp.max(a) - jnp.min(a), 1e-6)
   p = d["scale"] * a + d["base"]
-  hits = (d["bits_b"].astype(jnp.float32) + 0.5) < (p * 256.0)[..., None]
-  bern = jnp.mean(hits.astype(jnp.float32), axis=-1)
+  bern = bernoulli_mean(d["bits_b"], p)
   b = ops.coarse_to_fine_blur(bern, f, d["sigma_b_mm"] / spacing, shape)
   if bank:
     # The bank's mean above the threshold, measured at the central rescale, moved with this draw's
@@ -432,10 +445,10 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   coords = [jnp.arange(n, dtype=jnp.float32) for n in shape]
   box_center = []
   for a in range(3):
-    has = jnp.any(organ, axis=tuple(b for b in range(3) if b != a))
+    has = ops.any_along(organ, axis=tuple(b for b in range(3) if b != a))
     box_center.append(0.5 * (jnp.min(jnp.where(has, coords[a], jnp.inf)) + jnp.max(jnp.where(has, coords[a], -jnp.inf))))
   box_center = jnp.round(jnp.stack(box_center)).astype(jnp.int32)
-  organ_any = jnp.any(organ)
+  organ_any = ops.any_along(organ)
   q = jnp.full(shape, _FAR, jnp.float32)
   q_free = None
   centers_out = []
