@@ -2,6 +2,7 @@
 
   python launch/bench_synthesis.py --organ=liver --size=medium --patch=96 --batch=2 [--mode=reference]
   python launch/bench_synthesis.py --organ=liver --size=tiny --patch=96 --profile [--mode=reference]
+  python launch/bench_synthesis.py --against=/tmp/base --patch=96 [--mode=reference]   # A/B in one process
 
 The output also carries the published generator's per-call time for the class (published_ms_96, measured
 on a 2-core machine at 96^3, 1 mm, textures prebuilt), the figure a speed-up claim must be stated against.
@@ -29,6 +30,11 @@ _ORGAN_SETS = flags.DEFINE_list("organ_count", [], "Instead: time one batch of -
 _FIRE = flags.DEFINE_integer("fire", 1, "With --organ_count: samples of the batch that get a tumour.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Instead: time the whole-patch sub-steps of one patch "
                              "(bench.profile_steps).")
+_AGAINST = flags.DEFINE_string("against", "", "Instead: draw+render of one patch per size class (--sizes), this "
+                               "checkout against the jaxseg checkout at this path, alternated in one process "
+                               "(bench.compare_checkouts), e.g. after `git worktree add /tmp/base main`.")
+_SIZES = flags.DEFINE_list("sizes", ["tiny", "small", "medium", "large", "mix"], "With --against: size classes.")
+_ROUNDS = flags.DEFINE_integer("rounds", 30, "With --against: alternated rounds per size class.")
 _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
                           "Synthesis mode (docs/SYNTHESIS.md; realistic ignores --size).")
 
@@ -36,6 +42,11 @@ _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
 def main(argv):
   del argv
   try:
+    if _AGAINST.value:
+      for row in bench.compare_checkouts(_AGAINST.value, _SIZES.value, _PATCH.value, _ROUNDS.value, _ORGAN.value,
+                                         _MODE.value):
+        print(json.dumps(row))
+      return
     if _PROFILE.value:
       print(json.dumps(bench.profile_steps(_ORGAN.value, _SIZE.value, _PATCH.value, _MODE.value)))
       return

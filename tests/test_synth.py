@@ -382,3 +382,15 @@ def test_box_local_edge_equals_the_whole_patch_blur(monkeypatch, organ_name, siz
   for (o1, t1), (o2, t2) in zip(local, whole):
     np.testing.assert_array_equal(t1, t2)
     assert np.abs(o1 - o2).max() < 0.01
+
+
+def test_compare_checkouts_times_two_versions_in_one_process(tmp_path):
+  """The A/B benchmark loads another checkout beside this one (here: this one itself) and finds the same
+  tumours on both sides; a folder that is not a checkout is refused in one line."""
+  from jaxseg.synth import bench
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__))))
+  (row,) = bench.compare_checkouts(root, ["tiny"], patch=32, rounds=2)
+  assert row["same_masks"] and row["rounds"] == 2 and row["this_ms"] > 0 and row["other_ms"] > 0
+  assert np.isfinite(row["ratio_this_over_other"]) and row["published_ms_96"] == 16.0
+  with pytest.raises(ValueError, match="is not a jaxseg checkout"):
+    bench.load_checkout(str(tmp_path))

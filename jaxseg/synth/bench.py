@@ -166,3 +166,81 @@ def profile_steps(organ: str, size: str, patch: int, mode: str = "patch", repeat
   row["draw_render"] = _median_ms(lambda i, o, k: sy.render(i, o, spacing, sy.draw(k, spec, shape), spec, **kw)[0],
                                   image, mask, key, repeats=repeats)
   return row
+
+
+def load_checkout(root: str):
+  """The synthesizer and spec modules of another jaxseg checkout (e.g. ``git worktree add /tmp/base main``),
+  importable beside this one: its package is copied under a fresh name with its own imports renamed, so
+  both versions run in one process and a speed change is a ratio within one run, not two runs on a noisy
+  machine."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  src = os.path.join(root, "jaxseg")
+  if not os.path.isfile(os.path.join(src, "synth", "synthesizer.py")):
+    raise ValueError(f"--against: {root} is not a jaxseg checkout (no jaxseg/synth/synthesizer.py)")
+  tmp = tempfile.mkdtemp(prefix="jaxseg_ab_")
+  alias = os.path.basename(tmp)            # unique: a second checkout in the same process gets its own name
+  dst = os.path.join(tmp, alias)
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+  for folder, _, files in os.walk(dst):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        with open(path) as f:
+          text = f.read()
+        with open(path, "w") as f:
+          f.write(re.sub(r"\bjaxseg(?=[. ])", alias, text))
+  sys.path.insert(0, tmp)
+  return importlib.import_module(f"{alias}.synth.synthesizer"), importlib.import_module(f"{alias}.synth.spec")
+
+
+def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int = 30, organ: str = "liver",
+                      mode: str = "patch", seed: int = 0) -> list[dict]:
+  """Draw and render of one patch per call, this checkout against the one at ``root``, alternated.
+
+  Each round times one call of each (fresh keys, the same for both), so load drift on a shared machine hits
+  both; reported: each side's median ms and the median of the per-round ratios (this / other) with its
+  10th-90th percentiles, and whether both gave the same tumour mask in every round.
+  """
+  other_sy, other_spec = load_checkout(root)
+  image, mask = (jnp.asarray(a) for a in phantom_patch(patch, seed))
+  spacing = jnp.ones((3,), jnp.float32)
+  shape = (patch,) * 3
+  rows = []
+  for size in sizes:
+    fns = []
+    for mod, spec_mod in ((sy, spec_lib), (other_sy, other_spec)):
+      spec = spec_mod.make_spec(default_profiles_config()[organ], name=organ, size_class=size, mode=mode)
+      kw = {}
+      if mode == "reference":
+        m = np.asarray(mask).astype(np.uint8)
+        c, o = placement.draw_sites(m, np.argwhere(m), 1, np.ones(3, np.float32), spec,
+                                    np.random.default_rng(seed))
+        kw = dict(centers=jnp.asarray(c), center_ok=jnp.asarray(o))
+      # The patch is an argument, not a constant the compiler could fold (the candidates of a constant mask).
+      fn = jax.jit(lambda i, m, s, k, mod=mod, spec=spec, kw=kw: mod.render(i, m, s, mod.draw(k, spec, shape),
+                                                                         spec, **kw)[:2])
+      fn = functools.partial(fn, image, mask, spacing)
+      jax.block_until_ready(fn(jax.random.key(seed)))
+      fns.append(fn)
+    times, same = [[], []], True
+    for r in range(rounds):
+      key = jax.random.key(seed + 1 + r)
+      outs = []
+      for i in (r % 2, 1 - r % 2):              # alternate which side goes first
+        t0 = time.perf_counter()
+        outs.append(jax.block_until_ready(fns[i](key)))
+        times[i].append(time.perf_counter() - t0)
+      same &= bool(jnp.all(outs[0][1] == outs[1][1]))
+    ratio = np.asarray(times[0]) / np.asarray(times[1])
+    rows.append({"size": size, "mode": mode, "patch": patch, "rounds": rounds,
+                 "this_ms": round(1e3 * float(np.median(times[0])), 2),
+                 "other_ms": round(1e3 * float(np.median(times[1])), 2),
+                 "ratio_this_over_other": round(float(np.median(ratio)), 3),
+                 "ratio_p10_p90": [round(float(x), 3) for x in np.percentile(ratio, [10, 90])],
+                 "same_masks": same, "published_ms_96": PUBLISHED_MS_96.get(size)})
+  return rows
