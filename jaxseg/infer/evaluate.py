@@ -58,8 +58,8 @@ def evaluate_cases(config: ml_collections.ConfigDict, params, cache_dir: str, ca
   Returns:
     The summary: floats "tumor_dsc", "tumor_nsd", "tumor_hd95", "tumor_sensitivity" (tumour-wise),
     "patient_sensitivity", "specificity", "auc", "fp_per_control_case", "fp_per_tumor_case", "organ_dsc",
-    "organ_nsd", "organ_hd95" for the first organ and its tumour (NaN when undefined), "<label>/<metric>" for every
-    label, and "labels" with means, medians and bootstrap intervals.
+    "organ_nsd", "organ_hd95" for the first organ and its tumour (NaN when undefined), "<label>/<metric>"
+    for every label, and "labels" with means, medians and bootstrap intervals.
   """
   organs = labels_lib.check_organs(config.data.organs)
   all_labels = evaluation.labels_for_organs(organs)

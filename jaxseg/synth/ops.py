@@ -70,8 +70,9 @@ def box_morphology(m: jax.Array, radius: jax.Array, rmax: tuple[int, ...], erode
 
   Per axis, a window sum of a cumulative sum: two shifted reads of one associative scan, whatever the
   radius, instead of 2 x rmax shifted copies of the patch (the centre candidates' erosion at 96^3 with
-  rmax 20 read the patch 80 times), counted in uint8 where a window's count fits. jnp.cumsum is not used: on CPU it lowers to a reduce_window that is
-  quadratic in the axis length; lax.associative_scan is log-depth.
+  rmax 20 read the patch 80 times), counted in uint8 where a window's count fits. jnp.cumsum is not used:
+  on CPU it lowers to a reduce_window that is quadratic in the axis length; lax.associative_scan is
+  log-depth.
 
   Args:
     m: bool [X, Y, Z].
