@@ -135,6 +135,30 @@ def test_bernoulli_mean_equals_the_float_comparison():
   assert (got == want).all() and 0 < want.mean() < 1
 
 
+def test_centre_candidates_equal_the_numpy_rule_including_fallbacks():
+  """The first non-empty axial range of the rule's voxels, else the whole organ, as reference_numpy's: on
+  organs thin enough that erosion empties some or all ranges (the fallbacks), at two spacings, every profile."""
+  rng = np.random.default_rng(0)
+  masks = [np.zeros((16, 16, 12), bool)]
+  for k in range(5):
+    m = np.zeros((40, 40, 30), bool)
+    z0 = int(rng.integers(0, 20))
+    m[8:12 + 6 * k, 10:16 + 4 * k, z0:z0 + int(rng.integers(3, 10))] = True
+    m[30:33, 30:33, int(rng.integers(0, 30))] = True          # a thin extra slab: the organ's z range grows
+    masks.append(m)
+  levels_hit = set()
+  for organ_name, prof in default_profiles_config().items():
+    spec = spec_lib.make_spec(prof, name=organ_name, mode="patch")
+    fn = jax.jit(lambda o, s, spec=spec: sy._pick_candidates(o, s, spec))  # pylint: disable=protected-access
+    for m in masks:
+      for sp in ((1.0, 1.0, 1.0), (0.8, 0.8, 2.5)):
+        got = np.asarray(fn(jnp.asarray(m), jnp.asarray(sp, jnp.float32)))
+        want = ref.candidates(m, np.asarray(sp), spec)
+        assert (got == want).all(), (organ_name, sp)
+        levels_hit.add("organ" if (want == m).all() else "range")
+  assert levels_hit == {"organ", "range"}
+
+
 @pytest.mark.parametrize("erode", [True, False])
 def test_box_morphology_equals_scipy(erode):
   """The window-sum erosion/dilation equals scipy's with the same box (radius cut to rmax, <= 0 a no-op,
@@ -390,6 +414,8 @@ def test_compare_checkouts_times_two_versions_in_one_process(tmp_path):
   from jaxseg.synth import bench
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__))))
   (row,) = bench.compare_checkouts(root, ["tiny"], patch=32, rounds=2)
+  with pytest.raises(ValueError, match="--mode"):
+    bench.compare_checkouts(root, ["tiny"], patch=32, rounds=1, mode="realistic")
   assert row["same_masks"] and row["rounds"] == 2 and row["this_ms"] > 0 and row["other_ms"] > 0
   assert np.isfinite(row["ratio_this_over_other"]) and row["published_ms_96"] == 16.0
   with pytest.raises(ValueError, match="is not a jaxseg checkout"):

@@ -169,10 +169,11 @@ def profile_steps(organ: str, size: str, patch: int, mode: str = "patch", repeat
 
 
 def load_checkout(root: str):
-  """The synthesizer and spec modules of another jaxseg checkout (e.g. ``git worktree add /tmp/base main``),
+  """The synthesizer, spec and profiles modules of another jaxseg checkout (``git worktree add /tmp/base main``),
   importable beside this one: its package is copied under a fresh name with its own imports renamed, so
   both versions run in one process and a speed change is a ratio within one run, not two runs on a noisy
   machine."""
+  import atexit  # pylint: disable=import-outside-toplevel
   import importlib  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
   import re  # pylint: disable=import-outside-toplevel
@@ -183,6 +184,7 @@ def load_checkout(root: str):
   if not os.path.isfile(os.path.join(src, "synth", "synthesizer.py")):
     raise ValueError(f"--against: {root} is not a jaxseg checkout (no jaxseg/synth/synthesizer.py)")
   tmp = tempfile.mkdtemp(prefix="jaxseg_ab_")
+  atexit.register(shutil.rmtree, tmp, ignore_errors=True)
   alias = os.path.basename(tmp)            # unique: a second checkout in the same process gets its own name
   dst = os.path.join(tmp, alias)
   shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
@@ -195,7 +197,7 @@ def load_checkout(root: str):
         with open(path, "w") as f:
           f.write(re.sub(r"\bjaxseg(?=[. ])", alias, text))
   sys.path.insert(0, tmp)
-  return importlib.import_module(f"{alias}.synth.synthesizer"), importlib.import_module(f"{alias}.synth.spec")
+  return tuple(importlib.import_module(f"{alias}.synth.{m}") for m in ("synthesizer", "spec", "profiles"))
 
 
 def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int = 30, organ: str = "liver",
@@ -206,15 +208,19 @@ def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int 
   both; reported: each side's median ms and the median of the per-round ratios (this / other) with its
   10th-90th percentiles, and whether both gave the same tumour mask in every round.
   """
-  other_sy, other_spec = load_checkout(root)
+  if mode not in ("patch", "reference"):
+    raise ValueError(f"--mode: {mode!r} with --against; draw + render are compared in patch and reference mode")
+  other_sy, other_spec, other_profiles = load_checkout(root)
   image, mask = (jnp.asarray(a) for a in phantom_patch(patch, seed))
   spacing = jnp.ones((3,), jnp.float32)
   shape = (patch,) * 3
   rows = []
   for size in sizes:
     fns = []
-    for mod, spec_mod in ((sy, spec_lib), (other_sy, other_spec)):
-      spec = spec_mod.make_spec(default_profiles_config()[organ], name=organ, size_class=size, mode=mode)
+    # Each side with its own profiles and spec: a change to a profile's defaults is part of what is compared.
+    for mod, spec_mod, prof_mod in ((sy, spec_lib, None), (other_sy, other_spec, other_profiles)):
+      profiles = (prof_mod.default_profiles_config if prof_mod else default_profiles_config)()
+      spec = spec_mod.make_spec(profiles[organ], name=organ, size_class=size, mode=mode)
       kw = {}
       if mode == "reference":
         m = np.asarray(mask).astype(np.uint8)

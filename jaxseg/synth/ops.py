@@ -60,8 +60,8 @@ def linear_upsample_matrix(n: int, step: int) -> np.ndarray:
 
 
 def any_along(m: jax.Array, axis=None) -> jax.Array:
-  """``jnp.any(m, axis)`` for a bool volume, as a max over uint8: XLA:CPU reduces bool 3x slower (0.8 ms
-  against 0.26 ms for the z profile of a 96^3 mask here)."""
+  """``jnp.any(m, axis)`` for a bool volume, as a max over uint8: XLA:CPU reduced bool about 3x slower (0.8
+  ms against 0.26 ms for the z profile of a 96^3 mask in a one-off timing here, not kept in the repo)."""
   return jnp.max(m.astype(jnp.uint8), axis=axis) > 0
 
 
@@ -91,7 +91,8 @@ def box_morphology(m: jax.Array, radius: jax.Array, rmax: tuple[int, ...], erode
     # Count the voxels that decide: unset ones for erosion, set ones for dilation; outside counts 0 for both.
     # In uint8 where a window's count (at most 2 rm + 1) fits: the running sum wraps modulo 256, but the
     # difference of two running sums is exact modulo 256, hence exact; a quarter of int32's memory traffic
-    # made the candidates' erosion 4-5x faster on this CPU (same result, tests/test_synth.py).
+    # (the erosion alone 4-5x faster in a one-off timing here; `python launch/bench_synthesis.py --profile`
+    # gives the candidates' cost as it is; same result, tests/test_synth.py).
     x = (~m if erode else m).astype(jnp.uint8 if 2 * rm + 1 < 256 else jnp.int32)
     pad = [(0, 0)] * m.ndim
     pad[axis] = (rm + 1, rm)

@@ -346,7 +346,8 @@ def bernoulli_mean(bits: jax.Array, p: jax.Array) -> jax.Array:
 
   Counted with one integer threshold per voxel, t = floor(256 p) + [floor(256 p) + 0.5 < 256 p], and the
   bytes compared as integers: the same hits as the float comparison for every p (tests/test_synth.py),
-  4x faster on this CPU than converting each byte to float.
+  and about 4x faster on this CPU than converting each byte to float (a one-off timing, not kept; the
+  texture's cost as it is: ``python launch/bench_synthesis.py --profile``).
   """
   q = p * 256.0
   t = jnp.floor(q)
