@@ -408,6 +408,31 @@ def test_box_local_edge_equals_the_whole_patch_blur(monkeypatch, organ_name, siz
     assert np.abs(o1 - o2).max() < 0.01
 
 
+def test_blur_in_boxes_counts_each_voxel_once_across_overlapping_boxes_of_two_groups():
+  """Boxes of two groups overlap each other and themselves; each voxel of the field is blurred by the first
+  active box holding it (an inactive box claims nothing), so the sum equals the whole-patch blur up to the
+  tail beyond the margin. Counting an overlap twice, or not at all, is off by up to the field's value."""
+  from jaxseg.synth import box_blur, ops
+  n = 40
+  rng = np.random.default_rng(3)
+  small = box_blur.Boxes(jnp.asarray([[4, 4, 4], [8, 6, 5], [20, 20, 20]], jnp.int32),
+                         jnp.asarray([True, True, False]), (9, 9, 9))
+  big = box_blur.Boxes(jnp.asarray([[6, 6, 6], [22, 18, 21]], jnp.int32), jnp.asarray([True, True]),
+                       (14, 14, 14))
+  field = np.zeros((n,) * 3, np.float32)
+  for b in (small, big):
+    for (x, y, z), on in zip(np.asarray(b.starts), np.asarray(b.active)):
+      if on:
+        s = b.sizes[0]
+        field[x:x + s, y:y + s, z:z + s] = rng.random((s, s, s)) < 0.6
+  sigma = jnp.asarray([1.0, 1.3, 1.6], jnp.float32)
+  margin = box_blur.margin_voxels(1.6, 1.0)
+  (local,) = jax.jit(lambda f: box_blur.blur_in_boxes((f,), [small, big], sigma, margin))(jnp.asarray(field))
+  whole = ops.gaussian_blur(jnp.asarray(field), sigma)
+  assert field.sum() > 1000
+  np.testing.assert_allclose(np.asarray(local), np.asarray(whole), atol=2e-3)
+
+
 def test_compare_checkouts_times_two_versions_in_one_process(tmp_path):
   """The A/B benchmark loads another checkout beside this one (here: this one itself) and finds the same
   tumours on both sides; a folder that is not a checkout is refused in one line."""
