@@ -90,6 +90,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # patch placement, tumours calibrated on real lesions (profile.realistic; docs/SYNTHESIS.md).
   c.synth.mode = "patch"
   c.synth.min_spacing_mm = 1.0      # finest spacing the static tumour boxes are sized for (0.5-5 mm)
+  # field: each synthesis makes its texture over the patch; bank: textures built once per run on the device
+  # (the published generator's bank, held as the synthesizer's frozen parameters) and read at a random
+  # window, much cheaper per synthesis (docs/SYNTHESIS.md, "Texture bank"); modes patch and reference.
+  c.synth.texture = "field"
+  c.synth.bank_margin = 32          # bank texture side = patch side + this (offsets drawn in [0, margin])
   c.synth.profiles = default_profiles_config()  # per organ, e.g. --config.synth.profiles.liver.delta=...
 
   # On-device augmentation after synthesis (jaxseg/augment.py), nnU-Net-like.

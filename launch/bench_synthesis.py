@@ -1,8 +1,9 @@
 """Times the jitted synthesizer against the numpy baseline in one run and prints one JSON line.
 
   python launch/bench_synthesis.py --organ=liver --size=medium --patch=96 --batch=2 [--mode=reference]
+  python launch/bench_synthesis.py --size=tiny --patch=96 --texture=bank     # the device texture bank
   python launch/bench_synthesis.py --organ=liver --size=tiny --patch=96 --profile [--mode=reference]
-  python launch/bench_synthesis.py --against=/tmp/base --patch=96 [--mode=reference]   # A/B in one process
+  python launch/bench_synthesis.py --against=/tmp/base --patch=96 [--mode=reference] [--texture=bank]   # A/B
 
 The output also carries the published generator's per-call time for the class (published_ms_96, measured
 on a 2-core machine at 96^3, 1 mm, textures prebuilt), the figure a speed-up claim must be stated against.
@@ -35,6 +36,8 @@ _AGAINST = flags.DEFINE_string("against", "", "Instead: draw+render of one patch
                                "(bench.compare_checkouts), e.g. after `git worktree add /tmp/base main`.")
 _SIZES = flags.DEFINE_list("sizes", ["tiny", "small", "medium", "large", "mix"], "With --against: size classes.")
 _ROUNDS = flags.DEFINE_integer("rounds", 30, "With --against: alternated rounds per size class.")
+_TEXTURE = flags.DEFINE_enum("texture", "field", ["field", "bank"],
+                             "Texture source (config.synth.texture): per-sample field or the device bank.")
 _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
                           "Synthesis mode (docs/SYNTHESIS.md; realistic ignores --size).")
 
@@ -44,7 +47,7 @@ def main(argv):
   try:
     if _AGAINST.value:
       for row in bench.compare_checkouts(_AGAINST.value, _SIZES.value, _PATCH.value, _ROUNDS.value, _ORGAN.value,
-                                         _MODE.value):
+                                         _MODE.value, texture=_TEXTURE.value):
         print(json.dumps(row))
       return
     if _PROFILE.value:
@@ -55,7 +58,7 @@ def main(argv):
       print(json.dumps(bench.benchmark_organ_count(sets, _PATCH.value, _BATCH.value, _FIRE.value, _REPEATS.value)))
       return
     result = bench.benchmark(_ORGAN.value, _SIZE.value, _PATCH.value, _BATCH.value, _SPACING.value,
-                             _REPEATS.value, _NUMPY_REPEATS.value, mode=_MODE.value)
+                             _REPEATS.value, _NUMPY_REPEATS.value, mode=_MODE.value, texture=_TEXTURE.value)
   except ValueError as e:
     sys.exit(f"bench_synthesis: {e}")
   print(json.dumps(result))

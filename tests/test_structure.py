@@ -101,8 +101,8 @@ def test_misspelt_override_on_the_command_line_is_one_line():
 class _Darken:
   """A toy 'learned' synthesizer: darkens control samples' organ by a frozen, initialised amount."""
 
-  def __init__(self, organs, synth_cfg, mesh):
-    del synth_cfg, mesh
+  def __init__(self, organs, synth_cfg, mesh, data_cfg):
+    del synth_cfg, mesh, data_cfg
     self.organs = organs
 
   def init(self, rng):

@@ -408,6 +408,100 @@ def test_box_local_edge_equals_the_whole_patch_blur(monkeypatch, organ_name, siz
     assert np.abs(o1 - o2).max() < 0.01
 
 
+def test_texture_bank_gives_the_field_textures_masks_on_one_device_and_split_over_two():
+  """config.synth.texture = "bank" through the stage (build_synthesizer: init builds the banks, apply reads
+  them): liver and kidney share one recipe, so one bank; for the same keys the tumour labels equal the field
+  texture's in patch and reference mode, the images differ inside the tumours only, and a batch split over
+  two devices (shard_map, the bank replicated) gives the single-device result."""
+  code = textwrap.dedent("""
+      import os, sys
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      import jax, jax.numpy as jnp, numpy as np
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      sys.path.insert(0, os.getcwd())
+      from jaxseg import parallel
+      from jaxseg.default_config import get_config
+      from jaxseg.synth import placement
+      from jaxseg.synth.stage import build_synthesizer
+      n = 32
+      g = (np.arange(n) - (n - 1) / 2) / (n / 2)
+      x, y, z = np.meshgrid(g, g, g, indexing="ij")
+      organ = (x / 0.85) ** 2 + (y / 0.75) ** 2 + (z / 0.85) ** 2 < 1
+      imgs = np.stack([np.where(organ, 100.0, -100.0).astype(np.float32)] * 4)
+      labs = np.stack([np.where(organ, [1, 3, 1, 3][b], 0).astype(np.int32) for b in range(4)])
+      keys = jax.random.split(jax.random.key(7), 4)
+      for mode in ("patch", "reference"):
+        out = {}
+        for texture in ("field", "bank"):
+          c = get_config()
+          c.data.organs, c.data.patch_size, c.data.spacing = ("liver", "kidney"), (n, n, n), (1.0, 1.0, 1.0)
+          c.synth.prob, c.synth.mode, c.synth.texture, c.synth.bank_margin = 1.0, mode, texture, 8
+          batch = {"synth_organ": np.array([0, 1, -1, 1], np.int32), "spacing": np.ones((4, 3), np.float32)}
+          batch.update(placement.sites_for_patches(labs.astype(np.uint8), batch["synth_organ"], batch["spacing"],
+                                                   c.data.organs, c.synth))
+          synth = build_synthesizer(c)
+          params = jax.jit(synth.init)(jax.random.key(1))
+          if texture == "bank":
+            assert sorted(params) == ["texture_bank_0"], sorted(params)
+            assert params["texture_bank_0"].shape == (10, n + 8, n + 8, n + 8)
+          else:
+            assert params == {}
+          oi, ol = map(np.asarray, jax.jit(synth.apply)(params, imgs, labs, batch, keys))
+          out[texture] = (oi, ol)
+          if texture == "bank":
+            mesh = parallel.make_mesh(jax.devices())
+            sh = NamedSharding(mesh, P("data"))
+            put = lambda t: jax.tree.map(lambda a: jax.device_put(a, sh), t)
+            synth_m = build_synthesizer(c, mesh)
+            mi, ml = jax.jit(synth_m.apply)(params, put(imgs), put(labs), put(batch), put(keys))
+            assert len(mi.sharding.device_set) == 2
+            np.testing.assert_array_equal(np.asarray(ml), ol)
+            np.testing.assert_allclose(np.asarray(mi), oi, atol=1e-3)
+        (fi, fl), (bi, bl) = out["field"], out["bank"]
+        tumour = (fl == 2) | (fl == 4)
+        assert tumour[[0, 1, 3]].any(axis=(1, 2, 3)).all(), mode
+        np.testing.assert_array_equal(fl, bl)
+        assert np.abs(fi - bi)[tumour].max() > 1.0, mode
+        assert (fi[2] == imgs[2]).all() and (bi[2] == imgs[2]).all()
+      print("ok")
+  """)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_texture_bank_lives_in_the_train_state_and_comes_back_from_a_checkpoint(tmp_path):
+  """The bank is the synthesizer's frozen parameters: built by init_state, unchanged by a train step,
+  restored bit for bit; a bad texture setting is one line naming the field."""
+  from jaxseg import assembly, checkpoint, parallel
+  from jaxseg.config_checks import ConfigError, check_config, resolve_config
+  from jaxseg.train import benchmark
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from tiny_config import tiny_config  # pylint: disable=import-outside-toplevel
+  config = resolve_config(tiny_config())
+  config.synth.texture = "bank"
+  run = assembly.assemble(config, parallel.make_mesh())
+  state = run.init_state()
+  bank = np.asarray(state["synth_params"]["texture_bank_0"])
+  assert bank.shape == (10, 48, 48, 48) and 0.0 <= bank.min() and bank.max() <= 1.0 and bank.std() > 0.01
+  batch = parallel.global_batch(benchmark.synthetic_batch(config, config.data.batch_size), run.mesh)
+  state, metrics = run.train_step()(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  np.testing.assert_array_equal(np.asarray(state["synth_params"]["texture_bank_0"]), bank)
+  ckpt = checkpoint.RunCheckpointer(str(tmp_path), keep=1, async_save=False)
+  ckpt.save(1, state, None, config)
+  restored, _ = ckpt.restore(1, run.abstract_state(), None)
+  ckpt.close()
+  np.testing.assert_array_equal(np.asarray(restored["synth_params"]["texture_bank_0"]), bank)
+  bad = resolve_config(tiny_config())
+  bad.synth.texture = "banks"
+  with pytest.raises(ConfigError, match="config.synth.texture must be one of"):
+    check_config(bad, 1)
+  bad.synth.texture, bad.synth.mode = "bank", "realistic"
+  with pytest.raises(ConfigError, match="config.synth.texture='bank' works with"):
+    check_config(bad, 1)
+
+
 def test_blur_in_boxes_counts_each_voxel_once_across_overlapping_boxes_of_two_groups():
   """Boxes of two groups overlap each other and themselves; each voxel of the field is blurred by the first
   active box holding it (an inactive box claims nothing), so the sum equals the whole-patch blur up to the

@@ -229,6 +229,23 @@ def test_fidelity_small_class_and_placement_fast(fixture_1mm):
   assert patch["pos_crop_any_tumour"]["median"] > ref["pos_crop_any_tumour"]["p90"]
 
 
+@needs_fixture
+def test_fidelity_with_the_device_texture_bank(fixture_1mm):
+  """config.synth.texture = "bank" (the published generator's own texture source: one prebuilt texture read
+  at a random offset) keeps every figure of the small class, the texture's darkening and mottle included,
+  within the published generator's measured [p10, p90]; and the tumour masks are the field texture's."""
+  from jaxseg.synth import fidelity
+  ref = fidelity.reference_figures(_reference_json())["small"]
+  bank = fidelity.measure_reference(fixture_1mm, "small", range(6), crops=20, texture="bank")
+  field = fidelity.measure_reference(fixture_1mm, "small", range(6), crops=20)
+  bad = {k: (round(bank[k]["median"], 3), round(ref[k]["p10"], 3), round(ref[k]["p90"], 3))
+         for k, ok in fidelity.within(ref, bank).items() if not ok and not k.startswith(("crop", "pos_crop"))}
+  assert not bad, bad
+  for k in ("n_tumours", "eq_diam_mm", "sphericity_faces", "centre_axial_frac"):
+    assert bank[k]["median"] == field[k]["median"], k
+  assert bank["darkening_hu"]["median"] != field["darkening_hu"]["median"]
+
+
 @pytest.mark.slow
 @needs_fixture
 @pytest.mark.parametrize("size_class", ["tiny", "small", "medium", "large", "mix"])

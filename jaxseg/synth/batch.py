@@ -14,7 +14,7 @@ from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
 from jaxseg import labels as labels_lib
-from jaxseg.synth import realistic, spec as spec_lib
+from jaxseg.synth import device_bank, realistic, spec as spec_lib
 from jaxseg.synth.profile_file import resolve_profile
 from jaxseg.synth.synthesizer import draw, render
 
@@ -28,7 +28,8 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
                size_class: str | None = None, contrast: str = "absolute", mode: str | None = None,
                min_spacing_mm: float | None = None, centers: jax.Array | None = None,
                center_ok: jax.Array | None = None, class_index: jax.Array | None = None,
-               blocked: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+               blocked: jax.Array | None = None, texture_bank: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
   """Puts synthetic tumours into one HU patch.
 
   Args:
@@ -46,6 +47,8 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
       patch's organ.
     class_index: optional (traced) size class index into the profile's classes.
     blocked: optional bool [X, Y, Z]: voxels a tumour must never take (other organs).
+    texture_bank: the device texture bank (device_bank.build) when the profile's spec reads one
+      (``make_spec(..., texture="bank")``).
 
   Returns:
     (image_hu float32 [X, Y, Z], tumor_mask bool [X, Y, Z]). With no organ voxel the image is unchanged.
@@ -63,27 +66,30 @@ def synthesize(image_hu: jax.Array, organ_mask: jax.Array, spacing: jax.Array, k
   d = draw(key, sp, tuple(image_hu.shape), class_index=class_index)
   out, tumor, _ = render(jnp.asarray(image_hu, jnp.float32), jnp.asarray(organ_mask, bool),
                          jnp.asarray(spacing, jnp.float32), d, sp, centers=centers, center_ok=center_ok,
-                         blocked=None if blocked is None else jnp.asarray(blocked, bool))
+                         blocked=None if blocked is None else jnp.asarray(blocked, bool), bank=texture_bank)
   return out, tumor
 
 
 def organ_specs(organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict) -> list[spec_lib.ProfileSpec]:
-  """The static spec of each organ of ``organs`` under ``synth_cfg`` (mode, contrast, min spacing)."""
+  """The static spec of each organ of ``organs`` under ``synth_cfg`` (mode, contrast, min spacing, texture)."""
   contrast = str(synth_cfg.contrast)
   mode = str(synth_cfg.mode)
   min_spacing = float(synth_cfg.min_spacing_mm)
+  texture = str(synth_cfg.get("texture", "field"))
+  margin = synth_cfg.get("bank_margin", 32)
   profiles = synth_cfg.profiles
   specs = []
   for o in organs:
     if o not in profiles:
       raise ValueError(f"config.synth.profiles has no profile for organ {o!r}")
-    specs.append(spec_lib.make_spec(resolve_profile(profiles[o], o), name=o, contrast=contrast, mode=mode, min_spacing_mm=min_spacing))
+    specs.append(spec_lib.make_spec(resolve_profile(profiles[o], o), name=o, contrast=contrast, mode=mode,
+                                    min_spacing_mm=min_spacing, texture=texture, bank_margin=margin))
   return specs
 
 
 def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: jax.Array,
-                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict, mesh: Mesh | None = None
-                    ) -> tuple[jax.Array, jax.Array]:
+                    organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict, mesh: Mesh | None = None,
+                    banks: dict | None = None) -> tuple[jax.Array, jax.Array]:
   """Synthetic tumours on the control samples of a batch, with probability ``synth_cfg.prob`` each.
 
   Args:
@@ -98,6 +104,8 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
     synth_cfg: config.synth (enabled, prob, mode, contrast, min_spacing_mm, profiles).
     mesh: the run's mesh (its "data" axis splits the batch); with several organs, each device then maps
       over its own samples.
+    banks: with ``synth_cfg.texture == "bank"``: {name: bank} (``build_banks``; the synthesizer's frozen
+      parameters), replicated over the mesh.
 
   The samples are mapped one by one (``map_samples``: ``lax.map``, inside ``shard_map`` over the mesh's
   "data" axis when a mesh is given), not vmapped: a vmapped ``lax.switch`` would evaluate every organ's
@@ -128,7 +136,7 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
     ok_all = jnp.zeros((images_hu.shape[0], 1), jnp.uint8)
   prob = float(synth_cfg.prob)
 
-  def one(image, label, organ_idx, sp, key, centers, ok):
+  def one(banks, image, label, organ_idx, sp, key, centers, ok):
     k_fire, k_synth = jax.random.split(key)
     fire = (organ_idx >= 0) & (jax.random.uniform(k_fire) < prob)
 
@@ -143,12 +151,13 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
           out, tumor, ex = realistic.render(img, organ, sp, d, specs[i], blocked=blocked, label=lab)
           return out, jnp.where(tumor, labels_lib.tumor_label(organs, organs[i]), ex["label"]).astype(lab.dtype)
         d = draw(k_synth, specs[i], tuple(img.shape))
+        bank = banks[names[i]] if names[i] is not None else None
         if reference:
           n = sum(g.slots for g in specs[i].groups)
           out, tumor, _ = render(img, organ, sp, d, specs[i], centers=centers[:n], center_ok=ok[:n] > 0,
-                                 blocked=blocked)
+                                 blocked=blocked, bank=bank)
         else:
-          out, tumor, _ = render(img, organ, sp, d, specs[i], blocked=blocked)
+          out, tumor, _ = render(img, organ, sp, d, specs[i], blocked=blocked, bank=bank)
         return out, jnp.where(tumor, labels_lib.tumor_label(organs, organs[i]), lab).astype(lab.dtype)
       return fn
 
@@ -157,12 +166,54 @@ def apply_synthesis(images_hu: jax.Array, labels: jax.Array, batch: dict, keys: 
     synth = branches[0] if len(organs) == 1 else (lambda a: jax.lax.switch(idx, branches, a))
     return jax.lax.cond(fire, synth, lambda a: a, (image, label))
 
+  names = bank_names(specs)
+  if any(names):
+    missing = sorted({n for n in names if n is not None} - set(banks or {}))
+    if missing:
+      raise ValueError(f"config.synth.texture='bank' needs the texture banks {missing} (build_banks), got "
+                       f"{sorted(banks or {})}")
   args = (images_hu, labels, batch["synth_organ"], batch["spacing"], keys, centers_all, ok_all)
+  banks = dict(banks or {})
+  per_sample = lambda b, *a: map_samples(lambda *x: one(b, *x), a)
   if mesh is None or mesh.devices.size == 1:
-    return map_samples(one, args)
+    return per_sample(banks, *args)
   spec = PartitionSpec("data")
-  return jax.shard_map(lambda *local: map_samples(one, local), mesh=mesh, in_specs=(spec,) * len(args),
-                       out_specs=(spec, spec))(*args)
+  # The banks are replicated: each device reads its own copy. check_vma is off because the synthesizer's
+  # conditions (an inactive tumour slot returns a constant box) mix per-device values with constants, which
+  # the check refuses although every sample is computed on its own device (tests/test_synth.py, boxed groups
+  # split over two devices).
+  return jax.shard_map(per_sample, mesh=mesh, in_specs=(PartitionSpec(),) + (spec,) * len(args),
+                       out_specs=(spec, spec), check_vma=False)(banks, *args)
+
+
+def build_banks(key: jax.Array, organs: tuple[str, ...], synth_cfg: ml_collections.ConfigDict,
+                patch_size, spacing_mm) -> dict:
+  """{name: texture bank} for the organs' profiles (``bank_names``: organs with one texture recipe share one),
+  each made for ``patch_size`` + ``synth_cfg.bank_margin`` voxels at ``spacing_mm`` (device_bank.py).
+  Empty unless ``synth_cfg.texture == "bank"``."""
+  specs = organ_specs(tuple(organs), synth_cfg)
+  out = {}
+  for j, (sp, name) in enumerate(zip(specs, bank_names(specs))):
+    if name is not None and name not in out:
+      shape = device_bank.bank_shape(tuple(patch_size), sp.bank_margin)
+      out[name] = device_bank.build(jax.random.fold_in(key, j), device_bank.recipe(sp), shape, spacing_mm)
+  return out
+
+
+def bank_names(specs) -> list[str | None]:
+  """Per spec, the name of the texture bank it reads ("texture_bank_<j>", j counting distinct texture
+  recipes in organ order), or None when it makes its own texture."""
+  recipes = []
+  names = []
+  for sp in specs:
+    if sp.texture_source != "bank":
+      names.append(None)
+      continue
+    r = device_bank.recipe(sp)
+    if r not in recipes:
+      recipes.append(r)
+    names.append(f"texture_bank_{recipes.index(r)}")
+  return names
 
 
 def map_samples(fn, args: tuple) -> tuple:

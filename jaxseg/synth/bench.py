@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxseg.synth import ops, placement, spec as spec_lib, synthesizer as sy
+from jaxseg.synth import device_bank, ops, placement, spec as spec_lib, synthesizer as sy
 from jaxseg.synth.batch import apply_synthesis, map_samples, synthesize
 from jaxseg.synth.profiles import default_profiles_config
 from jaxseg.synth.reference_numpy import synthesize_numpy
@@ -36,10 +36,13 @@ PUBLISHED_MS_96 = {"tiny": 16.0, "small": 23.0, "medium": 29.0, "large": 130.0, 
 
 
 def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: float = 1.0,
-              repeats: int = 10, numpy_repeats: int = 5, seed: int = 0, mode: str = "patch") -> dict:
+              repeats: int = 10, numpy_repeats: int = 5, seed: int = 0, mode: str = "patch",
+              texture: str = "field") -> dict:
   """Times compile, the median jitted batch call, and the median numpy call per patch.
 
-  The batch is mapped one patch at a time (batch.map_samples), as the train step does.
+  The batch is mapped one patch at a time (batch.map_samples), as the train step does. With ``texture =
+  "bank"`` the device texture bank is built first (its time is ``bank_build_s``, paid once per run, as the
+  published generator pays for its bank once per data worker) and passed to every call.
 
   Returns:
     A dict: organ, size, mode, patch, batch, device, compile_s, jax_batch_ms, jax_per_patch_ms,
@@ -52,7 +55,7 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
   size = None if size in (None, "", "any") else size
   sp_static = spec_lib.make_spec(profiles[organ], name=organ, size_class=size)
   sp_mode = spec_lib.make_spec(profiles[organ], name=organ, size_class=size, mode=mode,
-                               min_spacing_mm=min(spacing_mm, spec_lib.MIN_SPACING_MM))
+                               min_spacing_mm=min(spacing_mm, spec_lib.MIN_SPACING_MM), texture=texture)
   image, mask = phantom_patch(patch, seed)
   spacing = np.full((3,), spacing_mm, np.float32)
   images = jnp.asarray(np.broadcast_to(image, (batch,) + image.shape))
@@ -62,14 +65,15 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
     sites = [placement.draw_sites(mask.astype(np.uint8), np.argwhere(mask), 1, spacing, sp_mode,
                                   np.random.default_rng(seed + b)) for b in range(batch)]
     extra = (jnp.asarray(np.stack([c for c, _ in sites])), jnp.asarray(np.stack([o for _, o in sites])))
-    fn = jax.jit(lambda *a: map_samples(lambda i, m, s, k, c, o: synthesize(i, m, s, k, sp_mode, centers=c,
-                                                                            center_ok=o), a))
+    fn = jax.jit(lambda bank, *a: map_samples(lambda i, m, s, k, c, o: synthesize(
+        i, m, s, k, sp_mode, centers=c, center_ok=o, texture_bank=bank), a))
   else:
     extra = ()
-    fn = jax.jit(lambda *a: map_samples(functools.partial(synthesize, profile=sp_mode), a))
+    fn = jax.jit(lambda bank, *a: map_samples(functools.partial(synthesize, profile=sp_mode, texture_bank=bank), a))
+  bank, bank_s = _bank_for(sp_mode, (patch,) * 3, spacing, seed)
   keys = [jax.random.split(jax.random.key(seed + i), batch) for i in range(repeats + 1)]
   t0 = time.perf_counter()
-  compiled = fn.lower(images, masks, spacings, keys[0], *extra).compile()
+  compiled = functools.partial(fn.lower(bank, images, masks, spacings, keys[0], *extra).compile(), bank)
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(images, masks, spacings, keys[0], *extra))
   times = []
@@ -84,12 +88,22 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
     synthesize_numpy(image, mask, spacing, rng, sp_static)
     np_times.append(time.perf_counter() - t0)
   jax_ms = 1e3 * float(np.median(times))
-  np_ms = 1e3 * float(np.median(np_times))
+  np_ms = 1e3 * float(np.median(np_times)) if np_times else float("nan")   # --numpy_repeats=0: not timed
   return {"organ": organ, "size": size or "any", "mode": mode, "patch": patch, "batch": batch,
           "spacing_mm": spacing_mm, "published_ms_96": PUBLISHED_MS_96.get(size or "", None),
           "device": jax.devices()[0].platform, "compile_s": round(compile_s, 2), "jax_batch_ms": round(jax_ms, 2),
           "jax_per_patch_ms": round(jax_ms / batch, 2), "numpy_per_patch_ms": round(np_ms, 2),
-          "speedup": round(np_ms / (jax_ms / batch), 2)}
+          "speedup": round(np_ms / (jax_ms / batch), 2), "texture": texture, "bank_build_s": bank_s}
+
+
+def _bank_for(spec: spec_lib.ProfileSpec, shape: tuple[int, ...], spacing, seed: int):
+  """(the device texture bank for ``spec`` on ``shape`` patches, seconds to build it), or (None, None)."""
+  if spec.texture_source != "bank":
+    return None, None
+  t0 = time.perf_counter()
+  bank = jax.block_until_ready(device_bank.build(jax.random.key(seed), device_bank.recipe(spec),
+                                                 device_bank.bank_shape(shape, spec.bank_margin), spacing))
+  return bank, round(time.perf_counter() - t0, 2)
 
 
 def benchmark_organ_count(organ_sets: list[tuple[str, ...]], patch: int, batch: int, fire: int, repeats: int = 5,
@@ -201,8 +215,11 @@ def load_checkout(root: str):
 
 
 def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int = 30, organ: str = "liver",
-                      mode: str = "patch", seed: int = 0) -> list[dict]:
+                      mode: str = "patch", seed: int = 0, texture: str = "field") -> list[dict]:
   """Draw and render of one patch per call, this checkout against the one at ``root``, alternated.
+
+  ``texture``: this checkout's config.synth.texture (the other side keeps its default); with "bank" the bank
+  is built before the rounds and passed to each call, and the masks must still agree.
 
   Each round times one call of each (fresh keys, the same for both), so load drift on a shared machine hits
   both; reported: each side's median ms and the median of the per-round ratios (this / other) with its
@@ -220,17 +237,22 @@ def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int 
     # Each side with its own profiles and spec: a change to a profile's defaults is part of what is compared.
     for mod, spec_mod, prof_mod in ((sy, spec_lib, None), (other_sy, other_spec, other_profiles)):
       profiles = (prof_mod.default_profiles_config if prof_mod else default_profiles_config)()
-      spec = spec_mod.make_spec(profiles[organ], name=organ, size_class=size, mode=mode)
+      spec = spec_mod.make_spec(profiles[organ], name=organ, size_class=size, mode=mode,
+                                **({"texture": texture} if mod is sy else {}))
       kw = {}
       if mode == "reference":
         m = np.asarray(mask).astype(np.uint8)
         c, o = placement.draw_sites(m, np.argwhere(m), 1, np.ones(3, np.float32), spec,
                                     np.random.default_rng(seed))
         kw = dict(centers=jnp.asarray(c), center_ok=jnp.asarray(o))
-      # The patch is an argument, not a constant the compiler could fold (the candidates of a constant mask).
-      fn = jax.jit(lambda i, m, s, k, mod=mod, spec=spec, kw=kw: mod.render(i, m, s, mod.draw(k, spec, shape),
-                                                                         spec, **kw)[:2])
-      fn = functools.partial(fn, image, mask, spacing)
+      bank = _bank_for(spec, shape, np.ones(3, np.float32), seed)[0] if mod is sy else None
+      if bank is not None:
+        kw["bank"] = bank
+      # The patch and the bank are arguments, not constants the compiler could fold (the candidates of a
+      # constant mask) or embed.
+      fn = jax.jit(lambda i, m, s, k, kw, mod=mod, spec=spec: mod.render(i, m, s, mod.draw(k, spec, shape),
+                                                                      spec, **kw)[:2])
+      fn = functools.partial(fn, image, mask, spacing, kw=kw)
       jax.block_until_ready(fn(jax.random.key(seed)))
       fns.append(fn)
     times, same = [[], []], True
@@ -243,7 +265,7 @@ def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int 
         times[i].append(time.perf_counter() - t0)
       same &= bool(jnp.all(outs[0][1] == outs[1][1]))
     ratio = np.asarray(times[0]) / np.asarray(times[1])
-    rows.append({"size": size, "mode": mode, "patch": patch, "rounds": rounds,
+    rows.append({"size": size, "mode": mode, "texture": texture, "patch": patch, "rounds": rounds,
                  "this_ms": round(1e3 * float(np.median(times[0])), 2),
                  "other_ms": round(1e3 * float(np.median(times[1])), 2),
                  "ratio_this_over_other": round(float(np.median(ratio)), 3),

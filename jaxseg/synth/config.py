@@ -28,4 +28,5 @@ def check_synth_config(config) -> None:
   if max(spacing) > spec_lib.SPACING_RANGE_MM[1]:
     raise ValueError(f"config.data.spacing={tuple(spacing)}: synthesis supports "
                      f"{spec_lib.SPACING_RANGE_MM[0]}-{spec_lib.SPACING_RANGE_MM[1]} mm")
+  spec_lib.check_texture(str(s.get("texture", "field")), mode)
   organ_specs(tuple(config.data.organs), s)

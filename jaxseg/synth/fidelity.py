@@ -24,6 +24,7 @@ in patch mode; a "case" is a patch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
@@ -33,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxseg.data.pipeline import crop
-from jaxseg.synth import placement, spec as spec_lib
+from jaxseg.synth import device_bank, placement, spec as spec_lib
 from jaxseg.synth.profiles import SIZE_CLASSES, default_profiles_config
 from jaxseg.synth.synthesizer import draw, render
 
@@ -134,24 +135,31 @@ _COMPILED: dict = {}
 
 
 def _renderer(fx: Fixture, spec, shape, with_sites: bool):
-  """One jitted render per (fixture, spec, canvas shape): the class is restricted in ``spec``."""
+  """One jitted render per (fixture, spec, canvas shape): the class is restricted in ``spec``. With the
+  device texture bank (``spec.texture_source == "bank"``) the bank is built once for the canvas and bound."""
   key = (id(fx), spec, shape, with_sites)
   if key not in _COMPILED:
     sp = jnp.asarray(fx.spacing)
+    bank = None
+    if spec.texture_source == "bank":
+      bank = device_bank.build(jax.random.key(0), device_bank.recipe(spec),
+                               device_bank.bank_shape(shape, spec.bank_margin), fx.spacing)
     if with_sites:
-      def fn(image, organ, k, centers, ok):
-        return render(image, organ, sp, draw(k, spec, shape), spec, centers=centers, center_ok=ok)[:2]
+      def fn(bank, image, organ, k, centers, ok):
+        return render(image, organ, sp, draw(k, spec, shape), spec, centers=centers, center_ok=ok, bank=bank)[:2]
     else:
-      def fn(image, organ, k):
-        return render(image, organ, sp, draw(k, spec, shape), spec)[:2]
-    _COMPILED[key] = jax.jit(fn)
+      def fn(bank, image, organ, k):
+        return render(image, organ, sp, draw(k, spec, shape), spec, bank=bank)[:2]
+    _COMPILED[key] = functools.partial(jax.jit(fn), bank)
   return _COMPILED[key]
 
 
-def measure_reference(fx: Fixture, size_class: str, seeds, crops: int = 600, profile=None) -> dict:
+def measure_reference(fx: Fixture, size_class: str, seeds, crops: int = 600, profile=None,
+                      texture: str = "field") -> dict:
   """Reference mode on the fixture: figures per case and per tumour over ``seeds`` (one case each).
 
-  ``profile`` defaults to reference_run_profile() (the reference run's texture). 600 crops per case keep the
+  ``profile`` defaults to reference_run_profile() (the reference run's texture); ``texture`` is
+  config.synth.texture (the bank is built for the organ's box at the fixture's spacing). 600 crops per case keep the
   crop figures' sampling noise (about 0.02 at 200 crops) well inside the reference's [p10, p90].
 
   Sites come from placement.draw_sites on the whole organ (numpy Generator seeded with the seed), the
@@ -160,7 +168,7 @@ def measure_reference(fx: Fixture, size_class: str, seeds, crops: int = 600, pro
   """
   profile = profile if profile is not None else reference_run_profile()
   spec = spec_lib.make_spec(profile, name="liver", mode="reference", min_spacing_mm=float(fx.spacing.min()),
-                            size_class=size_class)
+                            size_class=size_class, texture=texture)
   lo = np.asarray([s.start for s in fx.box])
   image = jnp.asarray(fx.ct[fx.box])
   organ = jnp.asarray(fx.organ[fx.box])

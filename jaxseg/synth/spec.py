@@ -27,6 +27,7 @@ RETIRED_CONTRASTS = {
 MODES = ("reference", "patch", "realistic")
 DEFORMATIONS = ("field3d", "sequential2d")
 TEXTURE_RESCALES = ("patch", "bank")
+TEXTURE_SOURCES = ("field", "bank")   # config.synth.texture: per-sample field, or the device bank (device_bank.py)
 MIN_SPACING_MM = 1.0   # default finest spacing the static box and morphology sizes are made for
 SPACING_RANGE_MM = (0.5, 5.0)   # spacings the synthesizer is built and tested for
 MAX_DISPLACEMENT_SIGMAS = 3.0   # control-point displacements are clipped to +-3 sigma (bounded boxes)
@@ -104,6 +105,8 @@ class ProfileSpec:
   texture_rescale: str = "patch"           # "patch" (per-patch min-max and mean) | "bank" (reference)
   mode: str = "patch"                      # config.synth.mode: "reference" | "patch" | "realistic"
   realistic: RealisticSpec | None = None  # the realistic ingredients (profile.realistic); None: not available
+  texture_source: str = "field"            # config.synth.texture: "field" (per sample) | "bank" (device_bank.py)
+  bank_margin: int = 32                    # config.synth.bank_margin: bank texture side = patch side + this
 
   def half_extent_mm(self, group: "GroupSpec") -> float:
     """Largest distance from the centre a tumour of ``group`` can reach, in mm.
@@ -170,6 +173,16 @@ def check_contrast(contrast: str) -> str:
   return contrast
 
 
+def check_texture(texture: str, mode: str) -> str:
+  """config.synth.texture, or a one-line ValueError (the bank serves the patch and reference renders)."""
+  if texture not in TEXTURE_SOURCES:
+    raise ValueError(f"config.synth.texture must be one of {TEXTURE_SOURCES}, got {texture!r}")
+  if texture == "bank" and mode == "realistic":
+    raise ValueError("config.synth.texture='bank' works with config.synth.mode 'patch' or 'reference'; realistic "
+                     "mode draws its own texture (set config.synth.texture='field')")
+  return texture
+
+
 def bank_constants(sigma_a_mm: float, sigma_b_mm: float) -> tuple[float, float, float, float]:
   """(min, max, std, mean_above) of the reference bank for one sigma pair; ValueError if not measured."""
   if sigma_a_mm not in BANK_NOISE or (sigma_a_mm, sigma_b_mm) not in BANK_MEAN_ABOVE:
@@ -181,7 +194,8 @@ def bank_constants(sigma_a_mm: float, sigma_b_mm: float) -> tuple[float, float, 
 
 def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
               size_class: str | None = None, mode: str | None = None,
-              min_spacing_mm: float | None = None) -> ProfileSpec:
+              min_spacing_mm: float | None = None, texture: str | None = None,
+              bank_margin: int | None = None) -> ProfileSpec:
   """Builds the static spec of ``profile`` (a ConfigDict or ProfileSpec).
 
   Args:
@@ -193,6 +207,8 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
       None keeps a ProfileSpec's own (a ConfigDict gets "patch").
     min_spacing_mm: finest spacing the static sizes must serve (config.synth.min_spacing_mm); None keeps a
       ProfileSpec's own (a ConfigDict gets 1 mm).
+    texture: "field" or "bank" (config.synth.texture); None keeps a ProfileSpec's own ("field" otherwise).
+    bank_margin: config.synth.bank_margin (voxels); None keeps a ProfileSpec's own (32 otherwise).
 
   Returns:
     The ProfileSpec.
@@ -203,6 +219,12 @@ def make_spec(profile: Any, name: str = "organ", contrast: str = "absolute",
     extra.update(mode_settings(mode or "patch"))
   if min_spacing_mm is not None or not isinstance(profile, ProfileSpec):
     extra["min_spacing_mm"] = check_min_spacing(MIN_SPACING_MM if min_spacing_mm is None else min_spacing_mm)
+  if texture is not None:
+    extra["texture_source"] = check_texture(texture, mode or getattr(profile, "mode", "patch"))
+  if bank_margin is not None:
+    if int(bank_margin) != bank_margin or bank_margin < 0:
+      raise ValueError(f"config.synth.bank_margin must be a whole number of voxels >= 0, got {bank_margin}")
+    extra["bank_margin"] = int(bank_margin)
   if isinstance(profile, ProfileSpec):
     spec = dataclasses.replace(profile, contrast=contrast, **extra)
     if size_class is None:

@@ -3,8 +3,9 @@
 A synthesizer turns the raw HU batch into a batch with synthetic tumours on its control samples. It has
 two parts, so that a learned synthesizer can follow the rule-based one without touching the step:
 
-- ``init(rng) -> params``: frozen parameters (a pytree; empty for rule-based synthesis). They live in the
-  train state under ``"synth_params"``, are checkpointed with it and are never updated by the optimizer.
+- ``init(rng) -> params``: frozen parameters (a pytree: empty for rule-based synthesis, or its texture
+  banks with ``config.synth.texture = "bank"``). They live in the train state under ``"synth_params"``, are
+  checkpointed with it and are never updated by the optimizer.
 - ``apply(params, images_hu, labels, batch, keys) -> (images_hu, labels)``: pure and jittable; ``keys`` holds
   one typed key per sample, so a sample's tumour does not depend on the batch size or the device count.
 
@@ -22,7 +23,7 @@ from jax.sharding import Mesh
 
 from jaxseg import labels as labels_lib
 from jaxseg.registry import Registry
-from jaxseg.synth.batch import apply_synthesis
+from jaxseg.synth.batch import apply_synthesis, build_banks
 from jaxseg.synth import spec as spec_lib
 from jaxseg.synth.config import check_synth_config
 
@@ -45,14 +46,20 @@ class RuleBasedSynthesizer:
   organs: tuple[str, ...]
   synth_cfg: ml_collections.ConfigDict
   mesh: Mesh | None = None
+  data_cfg: ml_collections.ConfigDict | None = None   # patch size and spacing, for the texture banks
 
   def init(self, rng: jax.Array) -> dict:
-    del rng
-    return {}
+    """The texture banks when ``synth.texture == "bank"`` (built once, on the device), else nothing."""
+    if str(self.synth_cfg.get("texture", "field")) != "bank":
+      return {}
+    if self.data_cfg is None:
+      raise ValueError("config.synth.texture='bank' needs config.data (patch_size, spacing) to build its banks")
+    return build_banks(rng, self.organs, self.synth_cfg, tuple(self.data_cfg.patch_size),
+                       tuple(self.data_cfg.spacing))
 
   def apply(self, params, images_hu, labels, batch, keys):
-    del params
-    return apply_synthesis(images_hu, labels, batch, keys, self.organs, self.synth_cfg, self.mesh)
+    return apply_synthesis(images_hu, labels, batch, keys, self.organs, self.synth_cfg, self.mesh,
+                           banks=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +77,10 @@ class NoSynthesizer:
 
 @dataclasses.dataclass(frozen=True)
 class SynthesizerEntry:
-  """``build(organs, synth_cfg, mesh)`` makes the synthesizer; ``check(config)`` raises ValueError on a bad field."""
-  build: Callable[[tuple[str, ...], ml_collections.ConfigDict, Mesh | None], Synthesizer]
+  """``build(organs, synth_cfg, mesh, data_cfg)`` makes the synthesizer; ``check(config)`` raises ValueError
+  on a bad field."""
+  build: Callable[[tuple[str, ...], ml_collections.ConfigDict, Mesh | None, ml_collections.ConfigDict],
+                  Synthesizer]
   check: Callable[[ml_collections.ConfigDict], None] = lambda config: None
 
 
@@ -87,7 +96,7 @@ def build_synthesizer(config: ml_collections.ConfigDict, mesh: Mesh | None = Non
   if not config.synth.enabled:
     return NoSynthesizer()
   organs = labels_lib.check_organs(config.data.organs)
-  return SYNTHESIZERS.get(config.synth.name).build(organs, config.synth, mesh)
+  return SYNTHESIZERS.get(config.synth.name).build(organs, config.synth, mesh, config.data)
 
 
 def check_synthesizer_config(config: ml_collections.ConfigDict) -> None:

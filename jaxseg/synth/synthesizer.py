@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.synth import box_blur, ops, spec as spec_lib
+from jaxseg.synth import box_blur, device_bank, ops, spec as spec_lib
 from jaxseg.synth.spec import ProfileSpec
 
 _FAR = 4.0          # shape-function value for "no tumour here" (tumour is <= 1)
@@ -65,11 +65,15 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...], class_index:
         free=u((g.slots,)) < (spec.exophytic_prob if g.exophytic else 0.0))
     d["groups"].append(gd)
   f = texture_factor(shape)
-  d["noise_a"] = u(tuple(n // f for n in shape))
-  # Bytes for the Bernoulli step, f^3 per coarse voxel (one per fine voxel), from 32-bit draws (cheaper).
   coarse = tuple(n // f for n in shape)
-  words = jax.random.bits(next(keys), coarse + (max(f ** 3 // 4, 1),), jnp.uint32)
-  d["bits_b"] = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(coarse + (-1,))[..., :f ** 3]
+  k_noise, k_bits = next(keys), next(keys)
+  if spec.texture_source == "field":
+    # Bytes for the Bernoulli step, f^3 per coarse voxel (one per fine voxel), from 32-bit draws (cheaper).
+    d["noise_a"] = jax.random.uniform(k_noise, coarse)
+    words = jax.random.bits(k_bits, coarse + (max(f ** 3 // 4, 1),), jnp.uint32)
+    d["bits_b"] = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(coarse + (-1,))[..., :f ** 3]
+  # (With the device bank the two fields are not drawn; their keys are still taken, so every later draw,
+  # and the masks, are the same for a key whatever the texture source.)
   d["sigma_a_index"] = jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_a_mm))
   d["sigma_b_index"] = jax.random.randint(next(keys), (), 0, len(spec.texture_sigma_b_mm))
   d["sigma_a_mm"] = jnp.asarray(spec.texture_sigma_a_mm)[d["sigma_a_index"]]
@@ -80,6 +84,10 @@ def draw(key: jax.Array, spec: ProfileSpec, shape: tuple[int, ...], class_index:
   d["edge_sigma_mm"] = urange(spec.edge_sigma_mm)
   d["delta"] = urange(spec.delta)
   d["mass_hu"] = urange(spec.mass_hu)
+  if spec.texture_source == "bank":
+    # Which bank texture (the same index as the field's sigma pair) and where the patch sits in it.
+    d["texture_index"] = d["sigma_a_index"] * len(spec.texture_sigma_b_mm) + d["sigma_b_index"]
+    d["bank_offset"] = jax.random.randint(next(keys), (3,), 0, spec.bank_margin + 1)
   return d
 
 
@@ -421,7 +429,8 @@ def _masked_mean(v, m, default):
 
 def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec: ProfileSpec,
            centers: jax.Array | None = None, center_ok: jax.Array | None = None,
-           blocked: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+           blocked: jax.Array | None = None, bank: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Deterministic part: draws -> (new image [X, Y, Z], tumour mask [X, Y, Z], intermediates).
 
   Args:
@@ -432,8 +441,17 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     center_ok: bool [S] with ``centers``: slots that got a centre.
     blocked: optional bool [X, Y, Z]: voxels a tumour must never take (another organ's label), removed
       before the soft edge so image and label agree.
+    bank: float32 [P, X + m, Y + m, Z + m] with ``spec.texture_source == "bank"``: the device texture bank
+      (device_bank.py; m = spec.bank_margin), read at the draw's offset instead of making a texture.
   """
   shape = image.shape
+  if spec.texture_source == "bank":
+    want = (len(spec.texture_sigma_a_mm) * len(spec.texture_sigma_b_mm),) + device_bank.bank_shape(
+        shape, spec.bank_margin)
+    if bank is None or tuple(bank.shape) != want:
+      raise ValueError(f"config.synth.texture='bank': expected a texture bank of shape {want} for profile "
+                       f"{spec.name} on {shape} patches, got {None if bank is None else tuple(bank.shape)} "
+                       f"(the bank is built for config.data.patch_size + config.synth.bank_margin)")
   spacing = spacing.astype(jnp.float32)
   if centers is not None:
     total = sum(g.slots for g in spec.groups)
@@ -486,7 +504,10 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     tumor = tumor | free
   if blocked is not None:
     tumor = tumor & ~blocked
-  texture = make_texture(d, spacing, shape, spec)
+  if spec.texture_source == "bank":
+    texture = device_bank.read(bank, d["texture_index"], d["bank_offset"], (0, 0, 0), shape)
+  else:
+    texture = make_texture(d, spacing, shape, spec)
   sig_e = d["edge_sigma_mm"] / spacing
   edges = _edges(tumor, free, boxes, sig_e, spec)
   edge = edges[0]
