@@ -27,8 +27,10 @@ run python launch/bench_train.py $RESENC --config.synth.enabled=False --steps=10
     --peak_tflops="$PEAK_BF16"
 run python launch/bench_train.py $RESENC --compare_synth --steps=10
 # Synthesis alone: 96^3 liver patches at 1 mm, a batch of 16 per call (patches/s = 1000 / jax_per_patch_ms).
+# Per-sample texture (the default) and the device texture bank (config.synth.texture=bank).
 for size in tiny large mix; do
   run python launch/bench_synthesis.py --size=$size --patch=96 --batch=16 --numpy_repeats=0
+  run python launch/bench_synthesis.py --size=$size --patch=96 --batch=16 --numpy_repeats=0 --texture=bank
 done
 # Sliding window over a 512x512x400 volume: 128^3 windows, overlap 0.5, Gaussian, 4 windows per batch.
 run python launch/bench_inference.py --config=configs/default.py --volume=512,512,400 \
