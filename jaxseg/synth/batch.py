@@ -195,8 +195,7 @@ def build_banks(key: jax.Array, organs: tuple[str, ...], synth_cfg: ml_collectio
   out = {}
   for j, (sp, name) in enumerate(zip(specs, bank_names(specs))):
     if name is not None and name not in out:
-      shape = device_bank.bank_shape(tuple(patch_size), sp.bank_margin)
-      out[name] = device_bank.build(jax.random.fold_in(key, j), device_bank.recipe(sp), shape, spacing_mm)
+      out[name] = device_bank.build(jax.random.fold_in(key, j), sp, tuple(patch_size), spacing_mm)
   return out
 
 

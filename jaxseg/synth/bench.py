@@ -101,8 +101,7 @@ def _bank_for(spec: spec_lib.ProfileSpec, shape: tuple[int, ...], spacing, seed:
   if spec.texture_source != "bank":
     return None, None
   t0 = time.perf_counter()
-  bank = jax.block_until_ready(device_bank.build(jax.random.key(seed), device_bank.recipe(spec),
-                                                 device_bank.bank_shape(shape, spec.bank_margin), spacing))
+  bank = jax.block_until_ready(device_bank.build(jax.random.key(seed), spec, shape, spacing))
   return bank, round(time.perf_counter() - t0, 2)
 
 

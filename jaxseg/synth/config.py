@@ -12,7 +12,7 @@ def check_synth_config(config) -> None:
   Checks: mode, contrast, prob in [0, 1], min_spacing_mm within the supported range and not coarser than
   the finest axis of config.data.spacing (a finer spacing than the static boxes were sized for would cut
   tumours), and that every organ of config.data.organs has a valid profile (and, in reference mode,
-  reference-bank texture constants).
+  reference-bank texture constants); texture and bank_margin are checked as the profiles' specs are made.
   """
   s = config.synth
   mode = str(s.mode)
@@ -28,5 +28,4 @@ def check_synth_config(config) -> None:
   if max(spacing) > spec_lib.SPACING_RANGE_MM[1]:
     raise ValueError(f"config.data.spacing={tuple(spacing)}: synthesis supports "
                      f"{spec_lib.SPACING_RANGE_MM[0]}-{spec_lib.SPACING_RANGE_MM[1]} mm")
-  spec_lib.check_texture(str(s.get("texture", "field")), mode)
   organ_specs(tuple(config.data.organs), s)

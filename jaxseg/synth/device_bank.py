@@ -67,11 +67,14 @@ def _one_texture(key: jax.Array, sigma_a_vox: jax.Array, sigma_b_vox: jax.Array,
   return jnp.clip(b * u(k_u0, r.u0) / jnp.maximum(mean_above, 1e-6), 0.0, 1.0)
 
 
-def build(key: jax.Array, r: BankRecipe, shape: tuple[int, ...], spacing_mm) -> jax.Array:
-  """float32 [P, *shape]: texture sigma_a_index * len(sigma_b) + sigma_b_index, as ``draw`` indexes it.
+def build(key: jax.Array, spec, patch: tuple[int, ...], spacing_mm) -> jax.Array:
+  """The bank of ``spec``'s recipe for ``patch``-sized patches at ``spacing_mm``: float32 [P, *(patch +
+  spec.bank_margin)], texture sigma_a_index * len(sigma_b) + sigma_b_index, as ``draw`` indexes it.
 
-  One texture at a time (lax.map), so peak memory is a few volumes of ``shape`` beyond the bank itself.
+  One texture at a time (lax.map), so peak memory is a few volumes of the bank's shape beyond the bank.
   """
+  r = recipe(spec)
+  shape = bank_shape(patch, spec.bank_margin)
   spacing = jnp.asarray(np.asarray(spacing_mm, np.float32).reshape(3))
   pairs = [(sa, sb) for sa in r.sigma_a_mm for sb in r.sigma_b_mm]
   sig = jnp.asarray(pairs, jnp.float32)
@@ -81,10 +84,6 @@ def build(key: jax.Array, r: BankRecipe, shape: tuple[int, ...], spacing_mm) -> 
   return fn(keys, sig)
 
 
-def read(bank: jax.Array, index: jax.Array, offset: jax.Array, start, sizes: tuple[int, ...]) -> jax.Array:
-  """Window ``sizes`` of texture ``index`` whose patch voxel ``start`` sits at bank voxel ``offset + start``.
-
-  ``start`` may be traced (a tumour's box) and must keep the window inside the patch.
-  """
-  pos = [offset[a] + start[a] for a in range(3)]
-  return jax.lax.dynamic_slice(bank, (index, *pos), (1, *sizes))[0]
+def read(bank: jax.Array, index: jax.Array, offset: jax.Array, patch: tuple[int, ...]) -> jax.Array:
+  """The ``patch``-sized window of texture ``index`` starting at bank voxel ``offset`` [3]."""
+  return jax.lax.dynamic_slice(bank, (index, *offset), (1, *patch))[0]

@@ -142,8 +142,7 @@ def _renderer(fx: Fixture, spec, shape, with_sites: bool):
     sp = jnp.asarray(fx.spacing)
     bank = None
     if spec.texture_source == "bank":
-      bank = device_bank.build(jax.random.key(0), device_bank.recipe(spec),
-                               device_bank.bank_shape(shape, spec.bank_margin), fx.spacing)
+      bank = device_bank.build(jax.random.key(0), spec, shape, fx.spacing)
     if with_sites:
       def fn(bank, image, organ, k, centers, ok):
         return render(image, organ, sp, draw(k, spec, shape), spec, centers=centers, center_ok=ok, bank=bank)[:2]

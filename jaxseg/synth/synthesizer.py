@@ -448,8 +448,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   """
   shape = image.shape
   if spec.texture_source == "bank":
-    want = (len(spec.texture_sigma_a_mm) * len(spec.texture_sigma_b_mm),) + device_bank.bank_shape(
-        shape, spec.bank_margin)
+    want = (device_bank.recipe(spec).textures,) + device_bank.bank_shape(shape, spec.bank_margin)
     if bank is None or tuple(bank.shape) != want:
       raise ValueError(f"config.synth.texture='bank': expected a texture bank of shape {want} for profile "
                        f"{spec.name} on {shape} patches, got {None if bank is None else tuple(bank.shape)} "
@@ -507,7 +506,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   if blocked is not None:
     tumor = tumor & ~blocked
   if spec.texture_source == "bank":
-    texture = device_bank.read(bank, d["texture_index"], d["bank_offset"], (0, 0, 0), shape)
+    texture = device_bank.read(bank, d["texture_index"], d["bank_offset"], shape)
   else:
     texture = make_texture(d, spacing, shape, spec)
   sig_e = d["edge_sigma_mm"] / spacing
