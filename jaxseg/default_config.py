@@ -126,6 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.overlap = 0.5
   c.eval.window_batch = 4
   c.eval.tta_mirror = False
+  # Convolution form of the inference network (same parameters as training's): "auto" is depth_folded on a
+  # CPU backend (XLA:CPU runs its 2D convolutions through YNNPACK: 1.4x the sliding window's speed there,
+  # README "Speed and memory") and model.conv elsewhere; or native | depth_folded | im2col.
+  c.eval.conv = "auto"
   c.eval.largest_organ_component = True
   c.eval.tumor_in_organ_margin_mm = 5.0   # < 0 disables the organ-mask rule
   c.eval.min_tumor_volume_mm3 = 0.0

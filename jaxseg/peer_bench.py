@@ -25,6 +25,7 @@ from jaxseg.config_checks import resolve_config
 from jaxseg.models.conv import Conv3D
 from jaxseg.models.registry import CONVS
 from jaxseg.infer.bench import benchmark_sliding_window
+from jaxseg.infer.predict import inference_conv
 from jaxseg.train.benchmark import measure_train_step
 
 # The synthetic-tumour generator's published per-call times (SyntheticTumors, prebuilt texture bank, a
@@ -119,32 +120,47 @@ def peer_config(config: ml_collections.ConfigDict, batch: int, patch: Sequence[i
   return c
 
 
+WORKS = ("train", "sliding")
+
+
 def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int], volume: Sequence[int],
-            window_batch: int, repeats: int, synth_ms: dict | None = None) -> list[dict]:
-  """Rows of the comparison table: work, the field's figure, jaxseg's, and the ratio (field / jaxseg)."""
+            window_batch: int, repeats: int, synth_ms: dict | None = None,
+            works: Sequence[str] = WORKS) -> list[dict]:
+  """Rows of the comparison table: work, the field's figure, jaxseg's, and the ratio (field / jaxseg), for
+  the train step and the sliding window (``works``) and the quoted synthesis figures (``synth_ms``)."""
   c = peer_config(config, batch, patch)
   k = 1 + 2 * len(c.data.organs)
   f, b = tuple(c.model.features), tuple(c.model.blocks_per_stage)
   rows = []
-  theirs = torch_train_step_s(f, b, k, batch, patch, repeats)
-  ours = measure_train_step(c, steps=repeats)
-  rows.append({"work": f"train step, ResEnc {'-'.join(map(str, f))}, batch {batch}, {'x'.join(map(str, patch))}, "
-                       f"{k} classes", "field": f"PyTorch {theirs['torch']} (dynamic_network_architectures)",
-               "field_s": theirs["step_s"], "jaxseg_s": ours["step_s"],
-               "field_params": theirs["num_params"], "jaxseg_params": ours["num_params"],
-               "ratio": round(theirs["step_s"] / ours["step_s"], 3), "conv": c.model.conv})
-  c.eval.window_batch, c.eval.tta_mirror, c.eval.overlap = int(window_batch), False, 0.5
-  theirs = torch_sliding_window_s(f, b, k, volume, patch, 0.5, window_batch, repeats)
-  ours = benchmark_sliding_window(c, volume, repeats=repeats, mesh=parallel.make_mesh(jax.local_devices()))
-  rows.append({"work": f"sliding window, {'x'.join(map(str, volume))}, windows {'x'.join(map(str, patch))}, "
-                       f"overlap 0.5, batch {window_batch}", "field": "MONAI sliding_window_inference",
-               "field_s": theirs["seconds"], "jaxseg_s": ours["seconds"],
-               "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": c.model.conv})
+  if "train" in works:
+    rows.append(_train_row(c, f, b, k, batch, patch, repeats))
+  if "sliding" in works:
+    rows.append(_sliding_row(c, f, b, k, volume, patch, window_batch, repeats))
   for size, ms in (synth_ms or {}).items():
     rows.append({"work": f"synthetic liver tumours, {size}, 96^3 at 1 mm, per patch",
                  "field": "published generator (quoted)", "field_s": PUBLISHED_SYNTH_MS[size] / 1e3,
                  "jaxseg_s": ms / 1e3, "ratio": round(PUBLISHED_SYNTH_MS[size] / ms, 2)})
   return rows
+
+
+def _train_row(c, f, b, k, batch, patch, repeats) -> dict:
+  theirs = torch_train_step_s(f, b, k, batch, patch, repeats)
+  ours = measure_train_step(c, steps=repeats)
+  return {"work": f"train step, ResEnc {'-'.join(map(str, f))}, batch {batch}, {'x'.join(map(str, patch))}, "
+                  f"{k} classes", "field": f"PyTorch {theirs['torch']} (dynamic_network_architectures)",
+          "field_s": theirs["step_s"], "jaxseg_s": ours["step_s"],
+          "field_params": theirs["num_params"], "jaxseg_params": ours["num_params"],
+          "ratio": round(theirs["step_s"] / ours["step_s"], 3), "conv": c.model.conv}
+
+
+def _sliding_row(c, f, b, k, volume, patch, window_batch, repeats) -> dict:
+  c.eval.window_batch, c.eval.tta_mirror, c.eval.overlap = int(window_batch), False, 0.5
+  theirs = torch_sliding_window_s(f, b, k, volume, patch, 0.5, window_batch, repeats)
+  ours = benchmark_sliding_window(c, volume, repeats=repeats, mesh=parallel.make_mesh(jax.local_devices()))
+  return {"work": f"sliding window, {'x'.join(map(str, volume))}, windows {'x'.join(map(str, patch))}, "
+                  f"overlap 0.5, batch {window_batch}", "field": "MONAI sliding_window_inference",
+          "field_s": theirs["seconds"], "jaxseg_s": ours["seconds"],
+          "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": inference_conv(c)}
 
 
 # One 3^3 convolution per U-Net stage of ResEnc M at a 64^3 patch: (channels, spatial side).
@@ -153,11 +169,16 @@ CONV_IMPLS = CONVS  # every form the model registry accepts
 
 
 def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: int = 2, repeats: int = 3) -> list[dict]:
-  """One C -> C 3^3 convolution, forward and backward: PyTorch's Conv3d (oneDNN) against jaxseg's Conv3D.
+  """One C -> C 3^3 convolution: PyTorch's Conv3d (oneDNN) against jaxseg's Conv3D, forward and backward
+  (what a train step pays) and forward alone (what the sliding window pays).
 
   The isolated layer says whether a train-step gap is the convolution itself (and at which stage), and is
   cheap enough to repeat under each XLA flag (XLA_FLAGS is read at start-up, so one process per setting).
-  Returns one row per layer: PyTorch seconds, jaxseg seconds per ``conv`` implementation, and the ratios.
+  The two are timed apart because the forms differ between them: XLA:CPU hands 2D convolutions (the
+  depth-folded form's) to its YNNPACK library, 3D ones to its own emitter, and backward passes are
+  convolutions of other layouts. Returns one row per layer: PyTorch seconds, jaxseg seconds per ``conv``
+  implementation and the ratios, for forward + backward (``torch_s``, ``<impl>_s``, ``ratio_<impl>``) and
+  forward alone (``fwd_torch_s``, ``fwd_<impl>_s``, ``fwd_ratio_<impl>``).
   """
   import torch  # pylint: disable=import-outside-toplevel  # Optional: the bench extra.
   rows = []
@@ -170,7 +191,12 @@ def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: in
     def torch_step():
       conv(tx).square().mean().backward()
 
-    row = {"channels": channels, "side": side, "torch_s": round(_median_time(torch_step, repeats), 4)}
+    def torch_forward():
+      with torch.no_grad():
+        conv(tx)
+
+    row = {"channels": channels, "side": side, "torch_s": round(_median_time(torch_step, repeats), 4),
+           "fwd_torch_s": round(_median_time(torch_forward, repeats), 4)}
     xj = jax.numpy.asarray(x)
     for impl in CONV_IMPLS:
       layer = Conv3D(channels, (3, 3, 3), impl=impl)
@@ -180,5 +206,10 @@ def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: in
       seconds = _median_time(lambda grad=grad, params=params: jax.block_until_ready(grad(params, xj)), repeats)
       row[f"{impl}_s"] = round(seconds, 4)
       row[f"ratio_{impl}"] = round(row["torch_s"] / seconds, 3)
+      forward = jax.jit(layer.apply)
+      seconds = _median_time(lambda forward=forward, params=params: jax.block_until_ready(forward(params, xj)),
+                             repeats)
+      row[f"fwd_{impl}_s"] = round(seconds, 4)
+      row[f"fwd_ratio_{impl}"] = round(row["fwd_torch_s"] / seconds, 3)
     rows.append(row)
   return rows

@@ -2,9 +2,11 @@
 
   pip install -e ".[bench]"     # CPU PyTorch, MONAI, dynamic-network-architectures
   python launch/bench_peers.py --config=configs/default.py [--config.model.conv=native|depth_folded|im2col]
+      [--config.eval.conv=auto|native|depth_folded|im2col] [--work=train|sliding]
 
 Rows: nnU-Net's ResEnc train step (dynamic_network_architectures, the network nnU-Net trains) and MONAI's
-sliding window with the same network, against jaxseg's train step and sliding window; and jaxseg's
+sliding window with the same network, against jaxseg's train step (model.conv) and sliding window
+(eval.conv: auto is depth_folded on a CPU); and jaxseg's
 synthesizer per 96^3 liver patch against the published generator's per-call times on this machine class
 (quoted: it cannot be vendored). Ratio = the field's time / jaxseg's time (above 1: jaxseg is faster).
 Repeat the command and report the spread: a shared machine is noisy, a ratio from one run is not.
@@ -26,8 +28,10 @@ _WINDOW_BATCH = flags.DEFINE_integer("window_batch", 2, "Windows per batch in th
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per figure (median).")
 _SYNTH = flags.DEFINE_list("synth_sizes", ["tiny", "small", "medium", "large", "mix"],
                            "Size classes for the synthesis rows (empty: skip them).")
+_WORK = flags.DEFINE_multi_enum("work", ["train", "sliding"], ["train", "sliding"],
+                                "Which comparisons to run (repeat the flag for both; default both).")
 _CONV_LAYERS = flags.DEFINE_bool("conv_layers", False, "Only time one 3^3 convolution per ResEnc M stage "
-                                  "(forward + backward) against PyTorch's Conv3d, and print the ratios.")
+                                  "(forward + backward, and forward alone) against PyTorch's Conv3d, and print the ratios.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -46,17 +50,21 @@ def main(argv):
   if _CONV_LAYERS.value:
     rows = peer_bench.conv_layer_ratios(repeats=_REPEATS.value)
     impls = peer_bench.CONV_IMPLS
-    print("| channels, side | PyTorch s | " + " | ".join(f"{i} s" for i in impls) + " | ratio " + " / ".join(impls) + " |")
-    print("| --- " * (3 + len(impls)) + "|")
-    for r in rows:
-      print(f"| {r['channels']}, {r['side']}^3 | {r['torch_s']:.3g} | " + " | ".join(f"{r[i + '_s']:.3g}" for i in impls)
-            + " | " + " / ".join(f"{r['ratio_' + i]:.2f}" for i in impls) + " |")
+    print("| pass | channels, side | PyTorch s | " + " | ".join(f"{i} s" for i in impls) + " | ratio "
+          + " / ".join(impls) + " |")
+    print("| --- " * (4 + len(impls)) + "|")
+    for pre, name in (("", "forward + backward"), ("fwd_", "forward")):
+      for r in rows:
+        print(f"| {name} | {r['channels']}, {r['side']}^3 | {r[pre + 'torch_s']:.3g} | "
+              + " | ".join(f"{r[pre + i + '_s']:.3g}" for i in impls)
+              + " | " + " / ".join(f"{r[pre + 'ratio_' + i]:.2f}" for i in impls) + " |")
     print(json.dumps(rows))
     return
   synth_ms = {s: synth_bench.benchmark("liver", s, 96, 1, 1.0, repeats=5, numpy_repeats=0)["jax_per_patch_ms"]
               for s in _SYNTH.value if s}
   rows = peer_bench.compare(_CONFIG.value, _BATCH.value, [int(s) for s in _PATCH.value],
-                            [int(s) for s in _VOLUME.value], _WINDOW_BATCH.value, _REPEATS.value, synth_ms)
+                            [int(s) for s in _VOLUME.value], _WINDOW_BATCH.value, _REPEATS.value, synth_ms,
+                            works=_WORK.value)
   print("| work | the field | field s | jaxseg s | ratio (field / jaxseg) |")
   print("| --- | --- | --- | --- | --- |")
   for r in rows:

@@ -160,3 +160,28 @@ def test_predict_volume_applies_the_confidence_rule():
   assert (labels[6:10, 6:10, 6:10] == 2).all()
   assert (labels[13:17, 13:17, 13:17] == 1).all()  # dropped inside the organ: organ
   assert scores[2] > 0.85
+
+
+def test_inference_runs_the_conv_form_of_eval_conv_with_the_training_parameters():
+  """eval.conv chooses the inference network's convolution form (auto: depth-folded on a CPU backend);
+  every form reads the same parameters and predicts the same logits to float rounding."""
+  from jaxseg.workdir import check_eval_config
+  from jaxseg.models import build_model
+  cfg = _config((4.0, 4.0, 4.0))
+  cfg.model.features = (4, 8)
+  cfg.model.blocks_per_stage = (1, 1)
+  cfg.model.conv = "native"
+  params = build_model(cfg.model, 3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"]
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 16, 1))
+  assert jax.default_backend() == "cpu" and predict.inference_conv(cfg) == "depth_folded"
+  logits = {}
+  for conv in ("native", "depth_folded", "im2col", "auto"):
+    cfg.eval.conv = conv
+    logits[conv] = np.asarray(predict.model_predict_fn(cfg, params)(x))
+  np.testing.assert_array_equal(logits["auto"], logits["depth_folded"])
+  for conv in ("depth_folded", "im2col"):
+    np.testing.assert_allclose(logits[conv], logits["native"], atol=2e-5)
+    assert not np.array_equal(logits[conv], logits["native"])  # a different computation, not a no-op
+  cfg.eval.conv = "winograd"
+  with pytest.raises(ValueError, match="eval.conv: 'winograd' is not one of auto, native"):
+    check_eval_config(cfg.eval)

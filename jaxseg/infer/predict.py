@@ -45,10 +45,29 @@ def _apply_fn(model_json: str, num_classes: int) -> Callable:
   return apply
 
 
+def inference_conv(config: ml_collections.ConfigDict) -> str:
+  """The convolution form inference runs: ``config.eval.conv``, where "auto" is "depth_folded" on a CPU
+  backend and ``config.model.conv`` elsewhere.
+
+  Why the form may differ from training's: the forms share parameters and agree to float rounding
+  (tests/test_models.py), but not in speed, and the fastest forward pass is not the fastest forward and
+  backward. On XLA:CPU a 2D convolution goes to YNNPACK and a 3D one to XLA's own emitter, so the
+  depth-folded forward is 1.5-2x native's at a U-Net's high-resolution stages while their training steps
+  are alike (``python launch/bench_peers.py --config=configs/default.py --conv_layers``).
+  """
+  conv = str(config.eval.get("conv", "auto"))
+  if conv != "auto":
+    return conv
+  return "depth_folded" if jax.default_backend() == "cpu" else str(config.model.conv)
+
+
 def model_predict_fn(config: ml_collections.ConfigDict, params) -> jax.tree_util.Partial:
-  """The model of ``config`` with ``params`` as a window predictor f32 [N, wx, wy, wz, 1] -> [N, ..., K]."""
+  """The model of ``config`` with ``params`` as a window predictor f32 [N, wx, wy, wz, 1] -> [N, ..., K],
+  in the convolution form of ``inference_conv``."""
   k = labels_lib.num_classes(tuple(config.data.organs))
-  return jax.tree_util.Partial(_apply_fn(config.model.to_json(), k), params)
+  model = ml_collections.ConfigDict(config.model.to_dict())
+  model.conv = inference_conv(config)
+  return jax.tree_util.Partial(_apply_fn(model.to_json(), k), params)
 
 
 def normalize_volume(image_hu: np.ndarray, hu_window: Sequence[float], slab: int = 32) -> np.ndarray:
