@@ -192,10 +192,14 @@ def test_dilated_conv_is_pytorch_transposed_conv(pads, output_padding):
     dict(strides=(2, 1, 2)),
     dict(kernel_size=(3, 1, 5), strides=(1, 2, 1)),
     dict(kernel_size=(2, 2, 2), strides=(2, 2, 2)),
-], ids=["depthwise_down", "depthwise_up", "dense_up", "dense_down", "anisotropic", "patchify"])
+    dict(),
+    dict(kernel_size=(3, 1, 5)),
+], ids=["depthwise_down", "depthwise_up", "dense_up", "dense_down", "anisotropic", "patchify", "same",
+        "same_anisotropic"])
 def test_conv_forms_match_native_values_and_gradients(kwargs, impl):
   """Every implementation computes the native convolution: outputs and both gradients (the im2col form
-  recomputes its columns in the backward pass)."""
+  recomputes its columns in the backward pass; the depth-folded form's 'SAME' cases, "same" and
+  "same_anisotropic", run its own backward pass)."""
   x = jax.random.normal(jax.random.key(0), (2, 6, 4, 6, 4))
   native = Conv3D(4, **kwargs)
   params = native.init(jax.random.key(1), x)

@@ -1,11 +1,13 @@
 """3D convolution in three interchangeable forms sharing one parameter layout.
 
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, so two rewrites exist beside the
-native form: "depth_folded" (a sum of 2D convolutions over the kernel's first axis) and "im2col" (the in-plane
-taps of each depth tap gathered into channels, kx matrix products; the gathered columns are recomputed in
-the backward pass). Neither beats the native form over a whole train step on a 2-core CPU (README, "Speed
-and memory": im2col is 1.2-1.5x faster per layer but holds 5x the memory in a ResEnc step), so "native" is
-the default; accelerators run it best. All forms use the same ``kernel`` parameter of shape
+native form: "depth_folded" (a sum of 2D convolutions over the kernel's first axis, which XLA:CPU runs
+through YNNPACK; stride-1 'SAME' convolutions get their own backward pass of the same kind) and "im2col"
+(the in-plane taps of each depth tap gathered into channels, kx matrix products; the gathered columns are
+recomputed in the backward pass). Neither beats the native form over a whole train step on a 2-core CPU
+(README, "Speed and memory": both are faster per layer, im2col holds 5x the memory in a ResEnc step and the
+depth-folded step is slower), so "native" is the training default and accelerators run it best; inference
+on a CPU runs depth_folded (``eval.conv``), whose forward pass is the fastest there. All forms use the same ``kernel`` parameter of shape
 ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs
 with the others.
 """
@@ -80,6 +82,9 @@ class Conv3D(nn.Module):
     elif self.impl == "native":
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
                                        dimension_numbers=_DIMS, feature_group_count=self.groups)
+    elif self.impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
+                                                     self.groups):
+      y = _depth_folded_same(x, kernel)
     elif self.impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
     elif self.impl == "im2col" and self.groups == 1:
@@ -166,3 +171,46 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
                                      feature_group_count=groups)
     total = y if total is None else total + y
   return total.reshape(b, out_x, *total.shape[1:])
+
+
+def _plain_same(kernel_size, strides, pads, dilation, groups) -> bool:
+  """A stride-1, undilated, ungrouped convolution of an odd kernel with 'SAME' padding: the case whose
+  backward pass ``_depth_folded_same`` rewrites (a U-Net's residual blocks are nearly all of this kind)."""
+  return (tuple(strides) == (1, 1, 1) and dilation == 1 and groups == 1 and all(k % 2 for k in kernel_size)
+          and [tuple(p) for p in pads] == [(k // 2, k // 2) for k in kernel_size])
+
+
+@jax.custom_vjp
+def _depth_folded_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The depth-folded 'SAME' convolution with a backward pass of the same speed class as its forward.
+
+  Why: XLA:CPU hands 2D convolutions to YNNPACK, so the depth-folded forward is 1.5-2x native's at a U-Net's
+  high-resolution stages, but autodiff's backward of the folded form is a weight-gradient 2D convolution
+  XLA runs slowly (README, "Speed and memory"). Here the input gradient is itself a depth-folded convolution
+  (of the output gradient with the flipped, transposed kernel) and the kernel gradient one matrix product
+  per tap, both exact up to float rounding (tests/test_models.py, tests/test_model_zoo.py).
+  """
+  pads = [(k // 2, k // 2) for k in kernel.shape[:3]]
+  return _depth_folded_conv(x, kernel, (1, 1, 1), pads)
+
+
+def _depth_folded_same_fwd(x, kernel):
+  return _depth_folded_same(x, kernel), (x, kernel)
+
+
+def _depth_folded_same_bwd(residuals, dy):
+  x, kernel = residuals
+  kx, ky, kz, c, f = kernel.shape
+  pads = [(k // 2, k // 2) for k in kernel.shape[:3]]
+  flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
+  dx = _depth_folded_conv(dy.astype(x.dtype), flipped, (1, 1, 1), pads)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  n = x.shape[1:4]
+  dy_rows = dy.reshape(-1, f)
+  taps = [jnp.dot(xp[:, i:i + n[0], j:j + n[1], l:l + n[2]].reshape(-1, c).T, dy_rows)
+          for i in range(kx) for j in range(ky) for l in range(kz)]
+  dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), dkernel
+
+
+_depth_folded_same.defvjp(_depth_folded_same_fwd, _depth_folded_same_bwd)
