@@ -31,7 +31,8 @@ _SYNTH = flags.DEFINE_list("synth_sizes", ["tiny", "small", "medium", "large", "
 _WORK = flags.DEFINE_multi_enum("work", ["train", "sliding"], ["train", "sliding"],
                                 "Which comparisons to run (repeat the flag for both; default both).")
 _CONV_LAYERS = flags.DEFINE_bool("conv_layers", False, "Only time one 3^3 convolution per ResEnc M stage "
-                                  "(forward + backward, and forward alone) against PyTorch's Conv3d, and print the ratios.")
+                                  "(forward + backward, and forward alone) against PyTorch's Conv3d, and "
+                                  "print the ratios.")
 flags.mark_flags_as_required(["config"])
 
 

@@ -171,7 +171,8 @@ def test_inference_runs_the_conv_form_of_eval_conv_with_the_training_parameters(
   cfg.model.features = (4, 8)
   cfg.model.blocks_per_stage = (1, 1)
   cfg.model.conv = "native"
-  params = build_model(cfg.model, 3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"]
+  model = build_model(cfg.model, 3)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"]
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 16, 1))
   assert jax.default_backend() == "cpu" and predict.inference_conv(cfg) == "depth_folded"
   logits = {}

@@ -7,9 +7,9 @@ through YNNPACK; stride-1 'SAME' convolutions get their own backward pass of the
 recomputed in the backward pass). Neither beats the native form over a whole train step on a 2-core CPU
 (README, "Speed and memory": both are faster per layer, im2col holds 5x the memory in a ResEnc step and the
 depth-folded step is slower), so "native" is the training default and accelerators run it best; inference
-on a CPU runs depth_folded (``eval.conv``), whose forward pass is the fastest there. All forms use the same ``kernel`` parameter of shape
-``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs
-with the others.
+on a CPU runs depth_folded (``eval.conv``), whose forward pass is the fastest there. All forms use the
+same ``kernel`` parameter of shape ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a
+checkpoint trained with one runs with the others.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def _depth_folded_same_bwd(residuals, dy):
   kx, ky, kz, c, f = kernel.shape
   pads = [(k // 2, k // 2) for k in kernel.shape[:3]]
   flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
-  dx = _depth_folded_conv(dy.astype(x.dtype), flipped, (1, 1, 1), pads)
+  dx = _depth_folded_conv(dy.astype(x.dtype), flipped, (1, 1, 1), pads)  # the forward's dtype
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   n = x.shape[1:4]
   dy_rows = dy.reshape(-1, f)
