@@ -52,7 +52,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.features = (8, 16, 32, 64)
   c.model.blocks_per_stage = (1, 1, 1, 1)
-  c.model.conv = "depth_folded"
   c.loss.batch_dice = True
 
   # Synthetic tumours of the sizes a 3 mm grid can show (the reference's 4 mm "tiny" class and "mix" are

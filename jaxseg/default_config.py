@@ -59,7 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.blocks_per_stage = (1, 3, 4, 6, 6)   # resenc_unet only: residual blocks per stage (nnU-Net ResEnc M)
   c.model.deep_supervision = True
   c.model.dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay float32)
-  c.model.conv = "native"           # native | depth_folded (3D as 2D convs) | im2col (3D as matmuls); docs/MODELS.md
+  # auto: per layer, the form measured fastest on the backend (CPU: depth_folded, input-dilated im2col,
+  # depthwise native; accelerators: native) | native | depth_folded (3D as 2D convs) | im2col (3D as
+  # matmuls); docs/MODELS.md
+  c.model.conv = "auto"
 
   # Loss: soft Dice + cross-entropy with deep-supervision weights halving per level.
   c.loss = ml_collections.ConfigDict()

@@ -397,9 +397,8 @@ def check_eval_config(e: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.min_tumor_confidence: {e.min_tumor_confidence} must be in [0, 1) (0: off)")
   if int(e.bootstrap) < 0:
     raise ValueError(f"eval.bootstrap: {e.bootstrap} must be >= 0")
-  convs = ("auto", *CONVS)
-  if e.get("conv", "auto") not in convs:
-    raise ValueError(f"eval.conv: {e.conv!r} is not one of {', '.join(convs)}")
+  if e.get("conv", "auto") not in CONVS:
+    raise ValueError(f"eval.conv: {e.conv!r} is not one of {', '.join(CONVS)}")
   if int(e.max_cases) == 0 or int(e.max_cases) < -1:
     raise ValueError(f"eval.max_cases: {e.max_cases} must be positive, or -1 for all cases")
 

@@ -1,14 +1,14 @@
 """jaxseg against the field's PyTorch tools, the same work timed in one process run; prints a table and JSON.
 
   pip install -e ".[bench]"     # CPU PyTorch, MONAI, dynamic-network-architectures
-  python launch/bench_peers.py --config=configs/default.py [--config.model.conv=native|depth_folded|im2col]
-      [--config.eval.conv=auto|native|depth_folded|im2col] [--work=train|sliding]
+  python launch/bench_peers.py --config=configs/default.py [--work=train|sliding]
+      [--config.model.conv=auto|native|depth_folded|im2col] [--config.eval.conv=auto|native|depth_folded|im2col]
 
 Rows: nnU-Net's ResEnc train step (dynamic_network_architectures, the network nnU-Net trains) and MONAI's
-sliding window with the same network, against jaxseg's train step (model.conv) and sliding window
-(eval.conv: auto is depth_folded on a CPU); and jaxseg's
-synthesizer per 96^3 liver patch against the published generator's per-call times on this machine class
-(quoted: it cannot be vendored). Ratio = the field's time / jaxseg's time (above 1: jaxseg is faster).
+sliding window with the same network, against jaxseg's train step (model.conv: auto is depth_folded on a
+CPU) and sliding window (eval.conv: auto is depth_folded on a CPU); and jaxseg's synthesizer per 96^3 liver
+patch against the published generator's per-call times on this machine class (quoted: it cannot be
+vendored). Ratio = the field's time / jaxseg's time (above 1: jaxseg is faster).
 Repeat the command and report the spread: a shared machine is noisy, a ratio from one run is not.
 ``--conv_layers`` times one 3^3 convolution per stage instead (run it under each XLA_FLAGS to compare flags).
 """

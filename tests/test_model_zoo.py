@@ -15,7 +15,7 @@ import pytest
 
 from jaxseg import models
 from jaxseg.models import downsampling_factor, registry
-from jaxseg.models.conv import Conv3D
+from jaxseg.models.conv import Conv3D, UpConv3D, resolve_impl
 from jaxseg.models.mednext import MedNeXt
 from jaxseg.models.segresnet_ds import SegResNetDS
 from jaxseg.models.swin_unetr import SwinUNETR
@@ -184,7 +184,39 @@ def test_dilated_conv_is_pytorch_transposed_conv(pads, output_padding):
   np.testing.assert_allclose(y, _transposed_conv_reference(x[0], w, 2, 1, output_padding), atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["depth_folded", "im2col"])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_up_conv_is_flax_conv_transpose(use_bias):
+  """UpConv3D (one matmul and a voxel shuffle) is flax.linen.ConvTranspose(kernel 2, stride 2): the same
+  initial parameters from a key, the same outputs and gradients; with the kernel unflipped it is not."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5, 6))
+  ref, up = nn.ConvTranspose(7, (2, 2, 2), strides=(2, 2, 2), use_bias=use_bias), UpConv3D(7, use_bias=use_bias)
+  params = ref.init(jax.random.key(1), x)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(up.init(jax.random.key(1), x))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(up.apply(params, x)), np.asarray(ref.apply(params, x)), atol=1e-5)
+  loss = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 3), argnums=(0, 1))
+  (gp_r, gx_r), (gp_u, gx_u) = loss(ref)(params, x), loss(up)(params, x)
+  np.testing.assert_allclose(np.asarray(gx_u), np.asarray(gx_r), atol=1e-4, rtol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(gp_r), jax.tree_util.tree_leaves(gp_u)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+  unflipped = jax.tree_util.tree_map(lambda v: v[::-1, ::-1, ::-1] if v.ndim == 5 else v, params)
+  assert not np.allclose(np.asarray(up.apply(unflipped, x)), np.asarray(ref.apply(params, x)), atol=1e-3)
+
+
+def test_auto_conv_form_is_chosen_per_layer_kind_and_backend():
+  """``auto`` on a CPU runs im2col for input-dilated layers, depth_folded for other ungrouped ones (strided
+  included) and native for grouped ones; accelerators run native everywhere; a named form is kept."""
+  assert resolve_impl("auto", input_dilation=2, backend="cpu") == "im2col"
+  assert resolve_impl("auto", (1, 1, 1), backend="cpu") == "depth_folded"
+  assert resolve_impl("auto", (2, 2, 2), backend="cpu") == "depth_folded"
+  assert resolve_impl("auto", (1, 1, 1), groups=4, backend="cpu") == "native"
+  assert resolve_impl("auto", (2, 2, 2), backend="gpu") == "native"
+  assert resolve_impl("auto", (1, 1, 1), backend="tpu") == "native"
+  assert resolve_impl("im2col", (1, 1, 1), backend="cpu") == "im2col"
+  assert resolve_impl("native", (2, 2, 2), backend="cpu") == "native"
+
+
+@pytest.mark.parametrize("impl", ["depth_folded", "im2col", "auto"])
 @pytest.mark.parametrize("kwargs", [
     dict(groups=4, strides=(2, 2, 2), padding=((1, 1),) * 3),
     dict(groups=4, input_dilation=2, padding=((1, 1),) * 3),

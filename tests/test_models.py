@@ -60,7 +60,7 @@ def test_param_count_and_shapes(features, blocks, k, pinned):
   assert y.shape == (2, side, side, side, k) and y.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("conv", ["depth_folded", "im2col"])
+@pytest.mark.parametrize("conv", ["depth_folded", "im2col", "auto"])
 def test_conv_forms_match_native_in_the_resenc_unet(conv):
   cfg = _cfg((4, 8, 16), (1, 1, 1))
   native = build_model(cfg, 3)
@@ -70,6 +70,16 @@ def test_conv_forms_match_native_in_the_resenc_unet(conv):
   a = native.apply({"params": params}, x)
   b = folded.apply({"params": params}, x)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+
+
+def test_upsampling_keeps_the_conv_transpose_parameter_names():
+  """The decoder's upsampling layers (UpConv3D since the CPU speed work) keep the names and shapes that
+  flax.linen.ConvTranspose had, deepest first, so checkpoints written before the change still load."""
+  features = (4, 8, 16)
+  cfg = _cfg(features, (1, 1, 1))
+  params = state_lib.init_params(build_model(cfg, 3), downsampling_factor(cfg), jax.random.key(0))
+  ups = {k: v["kernel"].shape for k, v in params.items() if k.startswith("ConvTranspose")}
+  assert ups == {"ConvTranspose_0": (2, 2, 2, 16, 8), "ConvTranspose_1": (2, 2, 2, 8, 4)}
 
 
 def test_bfloat16_compute_keeps_float32_params():

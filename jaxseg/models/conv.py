@@ -1,15 +1,15 @@
-"""3D convolution in three interchangeable forms sharing one parameter layout.
+"""3D convolution in three interchangeable forms sharing one parameter layout, and 2x upsampling.
 
-XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, so two rewrites exist beside the
-native form: "depth_folded" (a sum of 2D convolutions over the kernel's first axis, which XLA:CPU runs
-through YNNPACK; stride-1 'SAME' convolutions get their own backward pass of the same kind) and "im2col"
-(the in-plane taps of each depth tap gathered into channels, kx matrix products; the gathered columns are
-recomputed in the backward pass). Neither beats the native form over a whole train step on a 2-core CPU
-(README, "Speed and memory": both are faster per layer, im2col holds 5x the memory in a ResEnc step and the
-depth-folded step is slower), so "native" is the training default and accelerators run it best; inference
-on a CPU runs depth_folded (``eval.conv``), whose forward pass is the fastest there. All forms use the
-same ``kernel`` parameter of shape ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a
-checkpoint trained with one runs with the others.
+XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, and the backward pass of a strided
+one 10-55x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum of
+2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
+convolutions get their own backward pass of the same kind) and "im2col" (the in-plane taps of each depth
+tap gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass).
+The default "auto" picks per layer the form measured fastest for its kind on the backend
+(``resolve_impl``: depth_folded on a CPU, where the ResEnc M train step is 2.4x the native one; native on
+accelerators). All forms use the same ``kernel`` parameter of shape ``[kx, ky, kz, C_in, C_out]`` (the
+layout of ``flax.linen.Conv``), so a checkpoint trained with one runs with the others. ``UpConv3D`` is the
+kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in every form.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class Conv3D(nn.Module):
     strides: stride per spatial axis.
     use_bias: add a bias (off before a normalisation layer, which would cancel it).
     impl: "native" (one lax 3D convolution), "depth_folded" (a sum of 2D convolutions over the first
-      kernel axis) or "im2col" (kx matrix products over gathered in-plane taps; grouped convolutions run
-      native).
+      kernel axis), "im2col" (kx matrix products over gathered in-plane taps; grouped convolutions run
+      native) or "auto" (the form measured fastest for the layer's kind on the backend: ``resolve_impl``).
     dtype: compute dtype; parameters stay float32.
     groups: feature groups (``C_in`` for a depthwise convolution, as MedNeXt uses); the kernel is
       ``[kx, ky, kz, C_in / groups, features]``.
@@ -79,27 +79,73 @@ class Conv3D(nn.Module):
     if pointwise:
       # A 1x1x1 convolution is a matmul over channels; as a dot it compiles and runs far faster on CPUs.
       y = _pointwise_conv(x, kernel, self.strides, self.input_dilation)
-    elif self.impl == "native":
+    elif (impl := resolve_impl(self.impl, self.strides, self.input_dilation, self.groups)) == "native":
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
                                        dimension_numbers=_DIMS, feature_group_count=self.groups)
-    elif self.impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
+    elif impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
                                                      self.groups):
       y = _depth_folded_same(x, kernel)
-    elif self.impl == "depth_folded":
+    elif impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
-    elif self.impl == "im2col" and self.groups == 1:
+    elif impl == "im2col" and self.groups == 1:
       y = _im2col_conv(x, kernel, self.strides, pads, self.input_dilation)
-    elif self.impl == "im2col":
+    elif impl == "im2col":
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
                                        dimension_numbers=_DIMS, feature_group_count=self.groups)
     else:
       raise ValueError(f"model.conv: unknown convolution implementation {self.impl!r}; "
-                       "use 'native', 'depth_folded' or 'im2col'")
+                       "use 'auto', 'native', 'depth_folded' or 'im2col'")
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       if self.frozen_bias:
         bias = jax.lax.stop_gradient(bias)
       y = y + bias.astype(self.dtype)
+    return y
+
+
+def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: int = 1,
+                 backend: str | None = None) -> str:
+  """The form one layer runs: ``auto`` is the form measured fastest for the layer's kind on the backend.
+
+  On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions
+  run depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is
+  its own (``_depth_folded_same``): the ResEnc M train step is 2.4x native's. Input-dilated ones (the
+  transposed convolutions of SegResNet and MedNeXt) run im2col, 3-4x native's and depth_folded's forward +
+  backward. Grouped (depthwise) ones run native. Accelerators run every layer native (cuDNN, the TPU
+  compiler).
+  """
+  if impl != "auto":
+    return impl
+  if (backend or jax.default_backend()) != "cpu" or groups != 1:
+    return "native"
+  return "im2col" if input_dilation != 1 else "depth_folded"
+
+
+class UpConv3D(nn.Module):
+  """A transposed 3D convolution of kernel 2 and stride 2, as one matrix product and a voxel shuffle.
+
+  Why: the windows of a kernel-2, stride-2 transposed convolution do not overlap, so each input voxel's
+  2x2x2 output block is its channels times a [C_in, 8 F] matrix. XLA:CPU runs the equivalent
+  ``flax.linen.ConvTranspose`` as an input-dilated convolution 20-60x slower forward and backward (README,
+  "Speed and memory"); a product is fast on every backend. Parameters are ``flax.linen.ConvTranspose``'s
+  (``kernel`` [2, 2, 2, C_in, F], applied spatially flipped as that layer applies it, and ``bias``), and the
+  output equals its output (tests/test_models.py), so checkpoints of either load in the other.
+  """
+
+  features: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, X, Y, Z, C_in] -> [B, 2X, 2Y, 2Z, features]."""
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, 2, x.shape[-1], self.features),
+                        jnp.float32)
+    b, nx, ny, nz, _ = x.shape
+    y = jnp.einsum("bxyzc,ijkcf->bxiyjzkf", x.astype(self.dtype), kernel[::-1, ::-1, ::-1].astype(self.dtype))
+    y = y.reshape(b, 2 * nx, 2 * ny, 2 * nz, self.features)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     return y
 
 
@@ -205,11 +251,19 @@ def _depth_folded_same_bwd(residuals, dy):
   flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
   dx = _depth_folded_conv(dy.astype(x.dtype), flipped, (1, 1, 1), pads)  # the forward's dtype
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  n = x.shape[1:4]
-  dy_rows = dy.reshape(-1, f)
-  taps = [jnp.dot(xp[:, i:i + n[0], j:j + n[1], l:l + n[2]].reshape(-1, c).T, dy_rows)
-          for i in range(kx) for j in range(ky) for l in range(kz)]
-  dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  b, *n, _ = x.shape
+  dy_rows = dy.reshape(-1, f).astype(x.dtype)
+
+  def tap(offset):
+    window = jax.lax.dynamic_slice(xp, (0, *offset, 0), (b, *n, c)).reshape(-1, c)
+    return jax.lax.dot_general(window, dy_rows, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+  # lax.map keeps one shifted copy of x alive at a time: unrolled, XLA holds all kx ky kz of them (2.2 GB
+  # against 0.5 GB for a 32-channel 64^3 batch of 2, even with optimization barriers between the taps).
+  # XLA's cost analysis counts a loop body once, so benchmark.measure_train_step counts FLOPs on the native
+  # form's program.
+  offsets = jnp.array([(i, j, l) for i in range(kx) for j in range(ky) for l in range(kz)], jnp.int32)
+  dkernel = jax.lax.map(tap, offsets).reshape(kernel.shape).astype(kernel.dtype)
   return dx.astype(x.dtype), dkernel
 
 

@@ -50,7 +50,7 @@ class MedNeXtBlock(nn.Module):
     kernel_size: depthwise kernel extent.
     mode: "same" (residual to the input), "down" (stride 2; 1x1 stride-2 conv on the skip) or "up"
       (transposed stride 2; transposed 1x1 conv on the skip; output padded at the front of each axis).
-    conv: convolution implementation of the depthwise conv ("native" or "depth_folded").
+    conv: convolution form of the depthwise conv (auto | native | depth_folded | im2col).
     dtype: compute dtype.
   """
 

@@ -6,10 +6,11 @@ factor every patch side must divide by, and which config fields are invalid. ``j
 ``build_model``, ``downsampling_factor``, ``check_model_config`` and ``MODELS`` here.
 
 Fields every model reads: ``name``, ``dtype`` (float32 | bfloat16 compute; parameters stay float32),
-``conv`` (native | depth_folded | im2col) and ``deep_supervision``. Model-specific widths and depths come from the
-name (``mednext_s`` is MedNeXt-S); ``resenc_unet`` alone reads ``features`` and ``blocks_per_stage``. A
-spec's ``defaults`` lists any optional field it reads beyond these, with the value used when the config
-lacks it (a config file may add it, e.g. ``c.model.init_filters = 8`` for a small MedNeXt on a CPU).
+``conv`` (auto | native | depth_folded | im2col) and ``deep_supervision``. Model-specific widths and depths
+come from the name (``mednext_s`` is MedNeXt-S); ``resenc_unet`` alone reads ``features`` and
+``blocks_per_stage``. A spec's ``defaults`` lists any optional field it reads beyond these, with the value
+used when the config lacks it (a config file may add it, e.g. ``c.model.init_filters = 8`` for a small
+MedNeXt on a CPU).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from jaxseg.models.unet import ResEncUNet
 from jaxseg.registry import closest
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONVS = ("native", "depth_folded", "im2col")
+CONVS = ("auto", "native", "depth_folded", "im2col")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ class SegResNetDS(nn.Module):
     blocks_down: residual blocks per encoder level; the patch must divide by 2 ** (len(blocks_down) - 1).
     deep_supervision: in training mode return a head's logits at every decoder level, finest first (MONAI's
       dsdepth = number of decoder levels, as Auto3DSeg trains it); otherwise one head (dsdepth 1).
-    conv: convolution implementation ("native" or "depth_folded").
+    conv: convolution form (auto | native | depth_folded | im2col; ``conv.resolve_impl``).
     dtype: compute dtype; parameters stay float32, logits are float32.
   """
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.models.conv import Conv3D
+from jaxseg.models.conv import Conv3D, UpConv3D
 from jaxseg.models.layers import InstanceNorm, LayerNorm
 
 WINDOW = 7
@@ -191,7 +191,7 @@ class SwinUNETR(nn.Module):
     feature_size: embedding width of the first Swin stage (a multiple of 12, as MONAI requires).
     depths: Swin blocks per stage.
     num_heads: attention heads per stage.
-    conv: convolution implementation of the 3^3 convs ("native" or "depth_folded").
+    conv: convolution form of the 3^3 convs (auto | native | depth_folded | im2col).
     dtype: compute dtype; parameters stay float32, logits are float32.
   """
 
@@ -225,8 +225,7 @@ class SwinUNETR(nn.Module):
     y = UnetResBlock(16 * fs, **res, name="encoder10")(hidden[4])
     for name, feat, skip in (("decoder5", 8 * fs, hidden[3]), ("decoder4", 4 * fs, enc3),
                              ("decoder3", 2 * fs, enc2), ("decoder2", fs, enc1), ("decoder1", fs, enc0)):
-      y = nn.ConvTranspose(feat, (2, 2, 2), strides=(2, 2, 2), use_bias=False, dtype=self.dtype,
-                           param_dtype=jnp.float32, name=f"{name}_transp_conv")(y)
+      y = UpConv3D(feat, use_bias=False, dtype=self.dtype, name=f"{name}_transp_conv")(y)
       y = UnetResBlock(feat, **res, name=f"{name}_conv_block")(jnp.concatenate([y, skip.astype(self.dtype)], -1))
     logits = Conv3D(self.num_classes, (1, 1, 1), impl="native", dtype=self.dtype, name="out")(y)
     return logits.astype(jnp.float32)

@@ -9,8 +9,8 @@ parameter count equals the reference's (ResEnc M, 5 stages 32-320, blocks 1-3-4-
   act. The first block of every stage after the first has stride 2 in its first conv; its skip average-pools
   by 2 (instead of a strided 1x1 conv, which would drop 7 of 8 voxels) and, only where the channel count
   changes, applies a 1x1 conv (no bias) and a norm;
-- decoder: a transposed conv (kernel 2, stride 2, with bias) per stage, concatenated with the skip, then one
-  conv-norm-act block;
+- decoder: a transposed conv (kernel 2, stride 2, with bias; ``UpConv3D``) per stage, concatenated with
+  the skip, then one conv-norm-act block;
 - a 1x1 segmentation head (with bias) on every decoder level, always built (as nnU-Net does) so that a model
   trained with deep supervision and one without share a parameter tree.
 
@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.conv import Conv3D
+from jaxseg.models.conv import Conv3D, UpConv3D
 from jaxseg.models.layers import InstanceNorm
 
 
@@ -68,7 +68,7 @@ class ResEncUNet(nn.Module):
       2 ** (len(features) - 1).
     blocks_per_stage: residual blocks per encoder stage.
     deep_supervision: return the logits of every decoder level in training mode.
-    conv: convolution implementation ("native" or "depth_folded").
+    conv: convolution form (auto | native | depth_folded | im2col; ``conv.resolve_impl``).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32, logits are returned in float32.
   """
 
@@ -95,7 +95,8 @@ class ResEncUNet(nn.Module):
     every_level = (train and self.deep_supervision) or self.is_initializing()
     for stage in range(len(self.features) - 2, -1, -1):
       feat = self.features[stage]
-      h = nn.ConvTranspose(feat, (2, 2, 2), strides=(2, 2, 2), dtype=self.dtype, param_dtype=jnp.float32)(h)
+      # Named as the flax.linen.ConvTranspose it replaces was, so earlier checkpoints load.
+      h = UpConv3D(feat, dtype=self.dtype, name=f"ConvTranspose_{len(self.features) - 2 - stage}")(h)
       h = jnp.concatenate([h, skips[stage]], axis=-1)
       h = Conv3D(feat, frozen_bias=True, **conv)(h)
       h = _act(InstanceNorm(dtype=self.dtype)(h))
