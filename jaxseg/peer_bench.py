@@ -16,13 +16,14 @@ import copy
 import time
 from typing import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
 from jaxseg import parallel
 from jaxseg.config_checks import resolve_config
-from jaxseg.models.conv import Conv3D
+from jaxseg.models.conv import Conv3D, UpConv3D
 from jaxseg.models.registry import CONVS
 from jaxseg.infer.bench import benchmark_sliding_window
 from jaxseg.infer.predict import inference_conv
@@ -163,30 +164,49 @@ def _sliding_row(c, f, b, k, volume, patch, window_batch, repeats) -> dict:
           "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": inference_conv(c)}
 
 
-# One 3^3 convolution per U-Net stage of ResEnc M at a 64^3 patch: (channels, spatial side).
-CONV_LAYERS = ((32, 64), (64, 32), (128, 16), (320, 8))
-CONV_IMPLS = CONVS  # every form the model registry accepts
+# ResEnc M's convolution kinds at a 64^3 patch: (kind, input channels, output channels, input side). "same":
+# a stride-1 3^3 convolution of each stage; "down": a stage's first, stride-2 one; "up": the decoder's
+# kernel-2, stride-2 transposed convolution.
+CONV_LAYERS = (("same", 32, 32, 64), ("same", 64, 64, 32), ("same", 128, 128, 16), ("same", 320, 320, 8),
+               ("down", 32, 64, 64), ("down", 64, 128, 32), ("up", 64, 32, 32), ("up", 128, 64, 16))
+CONV_IMPLS = tuple(c for c in CONVS if c != "auto")  # the forms auto chooses among
 
 
-def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: int = 2, repeats: int = 3) -> list[dict]:
-  """One C -> C 3^3 convolution: PyTorch's Conv3d (oneDNN) against jaxseg's Conv3D, forward and backward
+def _torch_layer(kind: str, cin: int, cout: int):
+  import torch  # pylint: disable=import-outside-toplevel  # Optional: the bench extra.
+  if kind == "up":
+    return torch.nn.ConvTranspose3d(cin, cout, 2, stride=2)
+  return torch.nn.Conv3d(cin, cout, 3, stride=2 if kind == "down" else 1, padding=1)
+
+
+def _jax_layer(kind: str, cout: int, impl: str) -> nn.Module:
+  if kind == "up":  # every form runs UpConv3D; "xla" is the transposed convolution it replaced
+    return (nn.ConvTranspose(cout, (2, 2, 2), strides=(2, 2, 2)) if impl == "xla" else UpConv3D(cout))
+  return Conv3D(cout, (3, 3, 3), strides=(2, 2, 2) if kind == "down" else (1, 1, 1), impl=impl)
+
+
+def conv_layer_ratios(layers: Sequence[tuple[str, int, int, int]] = CONV_LAYERS, batch: int = 2,
+                      repeats: int = 3) -> list[dict]:
+  """One convolution of each kind in ResEnc M: PyTorch's (oneDNN) against jaxseg's, forward and backward
   (what a train step pays) and forward alone (what the sliding window pays).
 
-  The isolated layer says whether a train-step gap is the convolution itself (and at which stage), and is
-  cheap enough to repeat under each XLA flag (XLA_FLAGS is read at start-up, so one process per setting).
-  The two are timed apart because the forms differ between them: XLA:CPU hands 2D convolutions (the
-  depth-folded form's) to its YNNPACK library, 3D ones to its own emitter, and backward passes are
-  convolutions of other layouts. Returns one row per layer: PyTorch seconds, jaxseg seconds per ``conv``
-  implementation and the ratios, for forward + backward (``torch_s``, ``<impl>_s``, ``ratio_<impl>``) and
-  forward alone (``fwd_torch_s``, ``fwd_<impl>_s``, ``fwd_ratio_<impl>``).
+  The isolated layer says whether a train-step gap is the convolution itself (and at which stage and kind),
+  and is cheap enough to repeat under each XLA flag (XLA_FLAGS is read at start-up, so one process per
+  setting). The passes are timed apart because the forms differ between them: XLA:CPU hands 2D
+  convolutions (the depth-folded form's) to its YNNPACK library, 3D ones to its own emitter, and backward
+  passes are convolutions of other layouts (a strided convolution's input gradient is an input-dilated one).
+  Returns one row per layer: PyTorch seconds, jaxseg seconds per form and the ratios, for forward +
+  backward (``torch_s``, ``<impl>_s``, ``ratio_<impl>``) and forward alone (``fwd_torch_s``,
+  ``fwd_<impl>_s``, ``fwd_ratio_<impl>``). "up" rows time ``UpConv3D`` (every form's upsampling) once,
+  under each form's name, and ``flax.linen.ConvTranspose`` as ``xla``.
   """
   import torch  # pylint: disable=import-outside-toplevel  # Optional: the bench extra.
   rows = []
   rng = np.random.default_rng(0)
-  for channels, side in layers:
-    x = rng.standard_normal((batch, side, side, side, channels), dtype=np.float32)
+  for kind, cin, cout, side in layers:
+    x = rng.standard_normal((batch, side, side, side, cin), dtype=np.float32)
     tx = torch.tensor(x.transpose(0, 4, 1, 2, 3)).requires_grad_(True)
-    conv = torch.nn.Conv3d(channels, channels, 3, padding=1)
+    conv = _torch_layer(kind, cin, cout)
 
     def torch_step():
       conv(tx).square().mean().backward()
@@ -195,21 +215,20 @@ def conv_layer_ratios(layers: Sequence[tuple[int, int]] = CONV_LAYERS, batch: in
       with torch.no_grad():
         conv(tx)
 
-    row = {"channels": channels, "side": side, "torch_s": round(_median_time(torch_step, repeats), 4),
+    row = {"kind": kind, "channels": f"{cin}->{cout}", "side": side,
+           "torch_s": round(_median_time(torch_step, repeats), 4),
            "fwd_torch_s": round(_median_time(torch_forward, repeats), 4)}
     xj = jax.numpy.asarray(x)
-    for impl in CONV_IMPLS:
-      layer = Conv3D(channels, (3, 3, 3), impl=impl)
+    for impl in (("xla", "native") if kind == "up" else CONV_IMPLS):
+      layer = _jax_layer(kind, cout, impl)
       params = layer.init(jax.random.key(0), xj[:1])
       grad = jax.jit(jax.grad(lambda p, v, layer=layer: jax.numpy.mean(jax.numpy.square(layer.apply(p, v))),
                               argnums=(0, 1)))
-      seconds = _median_time(lambda grad=grad, params=params: jax.block_until_ready(grad(params, xj)), repeats)
-      row[f"{impl}_s"] = round(seconds, 4)
-      row[f"ratio_{impl}"] = round(row["torch_s"] / seconds, 3)
       forward = jax.jit(layer.apply)
-      seconds = _median_time(lambda forward=forward, params=params: jax.block_until_ready(forward(params, xj)),
-                             repeats)
-      row[f"fwd_{impl}_s"] = round(seconds, 4)
-      row[f"fwd_ratio_{impl}"] = round(row["fwd_torch_s"] / seconds, 3)
+      for pre, fn, base in (("", grad, "torch_s"), ("fwd_", forward, "fwd_torch_s")):
+        seconds = _median_time(lambda fn=fn, params=params: jax.block_until_ready(fn(params, xj)), repeats)
+        for name in ((impl,) if impl == "xla" or kind != "up" else CONV_IMPLS):
+          row[f"{pre}{name}_s"] = round(seconds, 4)
+          row[f"{pre}ratio_{name}"] = round(row[base] / seconds, 3)
     rows.append(row)
   return rows

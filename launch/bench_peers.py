@@ -10,7 +10,7 @@ CPU) and sliding window (eval.conv: auto is depth_folded on a CPU); and jaxseg's
 patch against the published generator's per-call times on this machine class (quoted: it cannot be
 vendored). Ratio = the field's time / jaxseg's time (above 1: jaxseg is faster).
 Repeat the command and report the spread: a shared machine is noisy, a ratio from one run is not.
-``--conv_layers`` times one 3^3 convolution per stage instead (run it under each XLA_FLAGS to compare flags).
+``--conv_layers`` times one convolution of each kind instead (run it under each XLA_FLAGS to compare flags).
 """
 
 import json
@@ -30,9 +30,9 @@ _SYNTH = flags.DEFINE_list("synth_sizes", ["tiny", "small", "medium", "large", "
                            "Size classes for the synthesis rows (empty: skip them).")
 _WORK = flags.DEFINE_multi_enum("work", ["train", "sliding"], ["train", "sliding"],
                                 "Which comparisons to run (repeat the flag for both; default both).")
-_CONV_LAYERS = flags.DEFINE_bool("conv_layers", False, "Only time one 3^3 convolution per ResEnc M stage "
-                                  "(forward + backward, and forward alone) against PyTorch's Conv3d, and "
-                                  "print the ratios.")
+_CONV_LAYERS = flags.DEFINE_bool("conv_layers", False, "Only time one convolution of each kind in ResEnc "
+                                  "M (stride 1 per stage, strided, upsampling; forward + backward, and "
+                                  "forward alone) against PyTorch's, and print the ratios.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -51,14 +51,16 @@ def main(argv):
   if _CONV_LAYERS.value:
     rows = peer_bench.conv_layer_ratios(repeats=_REPEATS.value)
     impls = peer_bench.CONV_IMPLS
-    print("| pass | channels, side | PyTorch s | " + " | ".join(f"{i} s" for i in impls) + " | ratio "
-          + " / ".join(impls) + " |")
-    print("| --- " * (4 + len(impls)) + "|")
+    print("| pass | layer, input side | PyTorch s | " + " | ".join(f"{i} s" for i in impls) + " | ratio "
+          + " / ".join(impls) + " | flax ConvTranspose s |")
+    print("| --- " * (5 + len(impls)) + "|")
     for pre, name in (("", "forward + backward"), ("fwd_", "forward")):
       for r in rows:
-        print(f"| {name} | {r['channels']}, {r['side']}^3 | {r[pre + 'torch_s']:.3g} | "
+        xla = r.get(pre + "xla_s")
+        print(f"| {name} | {r['kind']} {r['channels']}, {r['side']}^3 | {r[pre + 'torch_s']:.3g} | "
               + " | ".join(f"{r[pre + i + '_s']:.3g}" for i in impls)
-              + " | " + " / ".join(f"{r[pre + 'ratio_' + i]:.2f}" for i in impls) + " |")
+              + " | " + " / ".join(f"{r[pre + 'ratio_' + i]:.2f}" for i in impls)
+              + f" | {'' if xla is None else f'{xla:.3g}'} |")
     print(json.dumps(rows))
     return
   synth_ms = {s: synth_bench.benchmark("liver", s, 96, 1, 1.0, repeats=5, numpy_repeats=0)["jax_per_patch_ms"]
