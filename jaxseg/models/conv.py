@@ -6,7 +6,7 @@ one 10-55x slower than its forward, so two rewrites exist beside the native form
 convolutions get their own backward pass of the same kind) and "im2col" (the in-plane taps of each depth
 tap gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass).
 The default "auto" picks per layer the form measured fastest for its kind on the backend
-(``resolve_impl``: depth_folded on a CPU, where the ResEnc M train step is 2.4x the native one; native on
+(``resolve_impl``: depth_folded on a CPU, where the ResEnc M train step is 2.2x the native one; native on
 accelerators). All forms use the same ``kernel`` parameter of shape ``[kx, ky, kz, C_in, C_out]`` (the
 layout of ``flax.linen.Conv``), so a checkpoint trained with one runs with the others. ``UpConv3D`` is the
 kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in every form.
@@ -109,7 +109,7 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
 
   On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions
   run depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is
-  its own (``_depth_folded_same``): the ResEnc M train step is 2.4x native's. Input-dilated ones (the
+  its own (``_depth_folded_same``): the ResEnc M train step is 2.2x native's. Input-dilated ones (the
   transposed convolutions of SegResNet and MedNeXt) run im2col, 3-4x native's and depth_folded's forward +
   backward. Grouped (depthwise) ones run native. Accelerators run every layer native (cuDNN, the TPU
   compiler).
