@@ -133,7 +133,8 @@ _MULTI_DEVICE = textwrap.dedent("""
 
 
 def test_independent_of_device_count():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
   res = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], env=env, capture_output=True, text=True,
                        timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]

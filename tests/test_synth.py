@@ -239,7 +239,7 @@ def test_apply_synthesis_labels_and_control():
 def test_same_key_same_tumour_on_1_and_4_devices():
   code = textwrap.dedent("""
       import os, sys
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+      os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
       import jax, jax.numpy as jnp, numpy as np, ml_collections
       from jax.sharding import NamedSharding, PartitionSpec as P
       sys.path.insert(0, os.getcwd())
@@ -265,7 +265,7 @@ def test_same_key_same_tumour_on_1_and_4_devices():
       assert np.allclose(np.asarray(one[0]), np.asarray(four[0]), atol=1e-3)
       print("OK")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
   res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
@@ -330,7 +330,7 @@ def test_several_organs_cost_one_synthesis_per_firing_sample_and_match_the_singl
   one device and with the batch split over two (shard_map)."""
   code = textwrap.dedent("""
       import os, sys
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
       import jax, jax.numpy as jnp, numpy as np, ml_collections
       from jax.sharding import NamedSharding, PartitionSpec as P
       sys.path.insert(0, os.getcwd())
@@ -415,7 +415,7 @@ def test_texture_bank_gives_the_field_textures_masks_on_one_device_and_split_ove
   two devices (shard_map, the bank replicated) gives the single-device result."""
   code = textwrap.dedent("""
       import os, sys
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
       import jax, jax.numpy as jnp, numpy as np
       from jax.sharding import NamedSharding, PartitionSpec as P
       sys.path.insert(0, os.getcwd())

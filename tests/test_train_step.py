@@ -19,7 +19,8 @@ HERE = os.path.dirname(__file__)
 def _run_worker(tmp_path, devices: int) -> dict:
   """Two production steps on one synthetic batch in a fresh process with ``devices`` host devices."""
   out = str(tmp_path / f"step_{devices}.npz")
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, os.path.join(HERE, "mp_step_worker.py"), f"--out={out}"], env=env,
                  check=True, timeout=600)
   return dict(np.load(out))
