@@ -1,7 +1,7 @@
 """3D convolution in three interchangeable forms sharing one parameter layout, and 2x upsampling.
 
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, and the backward pass of a strided
-one 10-55x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum of
+one about 50-60x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum of
 2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
 convolutions get their own backward pass of the same kind) and "im2col" (the in-plane taps of each depth
 tap gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass).
@@ -110,9 +110,9 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
   On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions
   run depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is
   its own (``_depth_folded_same``): the ResEnc M train step is 2.2x native's. Input-dilated ones (the
-  transposed convolutions of SegResNet and MedNeXt) run im2col, 3-4x native's and depth_folded's forward +
-  backward. Grouped (depthwise) ones run native. Accelerators run every layer native (cuDNN, the TPU
-  compiler).
+  transposed convolutions of SegResNet and MedNeXt) run im2col, 3.2-4.4x native's forward + backward in
+  a one-off timing (README), where depth_folded was no faster than native. Grouped (depthwise) ones run
+  native. Accelerators run every layer native (cuDNN, the TPU compiler).
   """
   if impl != "auto":
     return impl
@@ -126,10 +126,10 @@ class UpConv3D(nn.Module):
 
   Why: the windows of a kernel-2, stride-2 transposed convolution do not overlap, so each input voxel's
   2x2x2 output block is its channels times a [C_in, 8 F] matrix. XLA:CPU runs the equivalent
-  ``flax.linen.ConvTranspose`` as an input-dilated convolution 20-60x slower forward and backward (README,
+  ``flax.linen.ConvTranspose`` as an input-dilated convolution 30-55x slower forward and backward (README,
   "Speed and memory"); a product is fast on every backend. Parameters are ``flax.linen.ConvTranspose``'s
   (``kernel`` [2, 2, 2, C_in, F], applied spatially flipped as that layer applies it, and ``bias``), and the
-  output equals its output (tests/test_models.py), so checkpoints of either load in the other.
+  output equals its output (tests/test_model_zoo.py), so checkpoints of either load in the other.
   """
 
   features: int
