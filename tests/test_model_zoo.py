@@ -276,3 +276,19 @@ def test_register_a_model_and_train_it(monkeypatch):
     params, loss = step(params)
     losses.append(float(loss))
   assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("by_plane", [False, True])
+def test_kernel_gradient_by_plane_and_by_tap_equal_autodiff(by_plane):
+  """The depth-folded backward pass's kernel gradient in both of its loops (over planes, used on large
+  planes; over taps, on small ones) equals autodiff's gradient of the native convolution, anisotropic
+  kernel included."""
+  from jaxseg.models.conv import _kernel_gradient
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 4, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 1, 5, 3, 2))
+  dy = jax.random.normal(jax.random.key(2), (2, 5, 6, 4, 2))
+  native = lambda k: jax.lax.conv_general_dilated(x, k, (1, 1, 1), [(1, 1), (0, 0), (2, 2)],
+                                                  dimension_numbers=("NXYZC", "XYZIO", "NXYZC"))
+  expected = jax.vjp(native, kernel)[1](dy)[0]
+  got = _kernel_gradient(x, dy, kernel.shape[:3], by_plane=by_plane)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=1e-4)

@@ -18,6 +18,11 @@ def _cfg(features, blocks, ds=True, conv="native", dtype="float32"):
                                         deep_supervision=ds, dtype=dtype, conv=conv))
 
 
+def _init(model, cfg, seed):
+  """init_params under jit, as the train state's init runs it (one compilation, not op by op)."""
+  return jax.jit(lambda key: state_lib.init_params(model, downsampling_factor(cfg), key))(jax.random.key(seed))
+
+
 def _expected_params(features, blocks, k, in_ch=1):
   """Independent count from nnU-Net's ResidualEncoderUNet (conv_bias=True, affine instance norm).
 
@@ -47,16 +52,16 @@ def _expected_params(features, blocks, k, in_ch=1):
 def test_param_count_and_shapes(features, blocks, k, pinned):
   cfg = _cfg(features, blocks)
   model = build_model(cfg, k)
-  params = state_lib.init_params(model, downsampling_factor(cfg), jax.random.key(0))
+  params = _init(model, cfg, 0)
   n = state_lib.count_params(params)
   assert n == _expected_params(features, blocks, k)
   assert n == pinned
   side = 2 ** (len(features) - 1) * 2
-  x = jnp.zeros((2, side, side, side, 1))
-  outs = model.apply({"params": params}, x, train=True)
+  x = jax.ShapeDtypeStruct((2, side, side, side, 1), jnp.float32)  # shapes only: the forms' tests run values
+  outs = jax.eval_shape(lambda x: model.apply({"params": params}, x, train=True), x)
   assert [o.shape for o in outs] == [(2, side // 2 ** i, side // 2 ** i, side // 2 ** i, k)
                                      for i in range(len(features) - 1)]
-  y = model.apply({"params": params}, x, train=False)
+  y = jax.eval_shape(lambda x: model.apply({"params": params}, x, train=False), x)
   assert y.shape == (2, side, side, side, k) and y.dtype == jnp.float32
 
 
@@ -65,10 +70,10 @@ def test_conv_forms_match_native_in_the_resenc_unet(conv):
   cfg = _cfg((4, 8, 16), (1, 1, 1))
   native = build_model(cfg, 3)
   folded = build_model(_cfg((4, 8, 16), (1, 1, 1), conv=conv), 3)
-  params = state_lib.init_params(native, downsampling_factor(cfg), jax.random.key(1))
+  params = _init(native, cfg, 1)
   x = jax.random.normal(jax.random.key(2), (1, 16, 12, 8, 1))
-  a = native.apply({"params": params}, x)
-  b = folded.apply({"params": params}, x)
+  a = jax.jit(native.apply)({"params": params}, x)
+  b = jax.jit(folded.apply)({"params": params}, x)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
 
 
@@ -77,7 +82,7 @@ def test_upsampling_keeps_the_conv_transpose_parameter_names():
   flax.linen.ConvTranspose had, deepest first, so checkpoints written before the change still load."""
   features = (4, 8, 16)
   cfg = _cfg(features, (1, 1, 1))
-  params = state_lib.init_params(build_model(cfg, 3), downsampling_factor(cfg), jax.random.key(0))
+  params = _init(build_model(cfg, 3), cfg, 0)
   ups = {k: v["kernel"].shape for k, v in params.items() if k.startswith("ConvTranspose")}
   assert ups == {"ConvTranspose_0": (2, 2, 2, 16, 8), "ConvTranspose_1": (2, 2, 2, 8, 4)}
 
@@ -85,9 +90,9 @@ def test_upsampling_keeps_the_conv_transpose_parameter_names():
 def test_bfloat16_compute_keeps_float32_params():
   cfg = _cfg((4, 8), (1, 1), dtype="bfloat16")
   model = build_model(cfg, 3)
-  params = state_lib.init_params(model, downsampling_factor(cfg), jax.random.key(0))
+  params = _init(model, cfg, 0)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  y = model.apply({"params": params}, jnp.ones((1, 8, 8, 8, 1)))
+  y = jax.jit(model.apply)({"params": params}, jnp.ones((1, 8, 8, 8, 1)))
   assert y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()
 
 

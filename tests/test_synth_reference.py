@@ -141,9 +141,9 @@ def test_reference_sites_render_the_same_tumour_cut_by_the_patch():
   centres, ok = placement.draw_sites(organ.astype(np.uint8), np.argwhere(organ), 1, np.full(3, 2.0), spec, rng)
 
   def run(img, org, c):
-    d = sy.draw(key, spec, img.shape)
-    return np.asarray(sy.render(jnp.asarray(img), jnp.asarray(org), sp, d, spec, centers=jnp.asarray(c),
-                                center_ok=jnp.asarray(ok))[1])
+    return np.asarray(jax.jit(lambda img, org, c: sy.render(img, org, sp, sy.draw(key, spec, img.shape), spec,
+                                                            centers=c, center_ok=jnp.asarray(ok))[1])(
+        jnp.asarray(img), jnp.asarray(org), jnp.asarray(c)))
 
   whole = run(image, organ, centres)
   sl = (slice(lo, lo + m),) * 3
@@ -321,9 +321,9 @@ def test_same_site_same_tumour_in_mm_at_half_mm(size_class, side_mm):
   for spacing in (1.0, 0.5):
     n = int(side_mm / spacing)
     spec = spec_lib.make_spec(p, name="liver", mode="reference", min_spacing_mm=spacing)
-    d = sy.draw(jax.random.key(9), spec, (n, n, n))
-    t = sy.render(jnp.zeros((n, n, n)), jnp.ones((n, n, n), bool), jnp.full((3,), spacing), d, spec,
-                  centers=jnp.full((1, 3), n // 2, jnp.int32), center_ok=jnp.ones((1,), bool))[1]
+    t = jax.jit(lambda key: sy.render(jnp.zeros((n, n, n)), jnp.ones((n, n, n), bool), jnp.full((3,), spacing),
+                                      sy.draw(key, spec, (n, n, n)), spec, centers=jnp.full((1, 3), n // 2, jnp.int32),
+                                      center_ok=jnp.ones((1,), bool))[1])(jax.random.key(9))
     t = np.asarray(t)
     assert not (t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any()), "cut: enlarge the test cube"
     vols.append(t.sum() * spacing ** 3)
