@@ -114,7 +114,7 @@ def test_predict_volume_with_the_model_reuses_one_compilation():
   cfg.model.features = (4, 8)
   cfg.model.blocks_per_stage = (1, 1)
   model = build_model(cfg.model, 3)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"]
+  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"])(jax.random.key(0))
   image = np.random.default_rng(0).integers(-300, 300, size=(20, 18, 17)).astype(np.int16)
   labels, scores = predict.predict_volume(cfg, params, image, (4.0, 4.0, 4.0))
   assert labels.shape == image.shape and labels.dtype == np.uint8 and set(scores) == {2}
@@ -172,7 +172,7 @@ def test_inference_runs_the_conv_form_of_eval_conv_with_the_training_parameters(
   cfg.model.blocks_per_stage = (1, 1)
   cfg.model.conv = "native"
   model = build_model(cfg.model, 3)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"]
+  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"])(jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 16, 1))
   assert jax.default_backend() == "cpu" and predict.inference_conv(cfg) == "depth_folded"
   logits = {}
