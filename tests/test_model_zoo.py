@@ -292,3 +292,20 @@ def test_kernel_gradient_by_plane_and_by_tap_equal_autodiff(by_plane):
   expected = jax.vjp(native, kernel)[1](dy)[0]
   got = _kernel_gradient(x, dy, kernel.shape[:3], by_plane=by_plane)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size", [(3, 3, 3), (3, 1, 5)])
+def test_plane_by_plane_same_conv_equals_native_values_and_gradients(monkeypatch, kernel_size):
+  """The stride-1 'SAME' depth-folded convolution run plane by plane (as on large planes: the threshold set
+  to 0 here) gives native's outputs and both gradients."""
+  from jaxseg.models import conv as conv_lib
+  monkeypatch.setattr(conv_lib, "_PLANE_SCAN_MIN_VOXELS", 0)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 6, 3))
+  native, folded = Conv3D(4, kernel_size=kernel_size), Conv3D(4, kernel_size=kernel_size, impl="depth_folded")
+  params = native.init(jax.random.key(1), x)
+  np.testing.assert_allclose(np.asarray(native.apply(params, x)), np.asarray(folded.apply(params, x)),
+                             atol=2e-5, rtol=1e-4)
+  loss = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.square(m.apply(p, x))), argnums=(0, 1))
+  grads = [jax.tree_util.tree_leaves(loss(m)(params, x)) for m in (native, folded)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
