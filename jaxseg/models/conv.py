@@ -235,7 +235,7 @@ def _plain_same(kernel_size, strides, pads, dilation, groups) -> bool:
 def _depth_folded_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The depth-folded 'SAME' convolution with a backward pass of the same speed class as its forward.
 
-  Why: XLA:CPU hands 2D convolutions to YNNPACK, so the depth-folded forward is 1.5-2x native's at a U-Net's
+  Why: XLA:CPU hands 2D convolutions to YNNPACK, so the depth-folded forward is 1.6-2.5x native's at a U-Net's
   high-resolution stages, but autodiff's backward of the folded form is a weight-gradient 2D convolution
   XLA runs slowly (README, "Speed and memory"). Here the input gradient is itself a depth-folded convolution
   (of the output gradient with the flipped, transposed kernel) and the kernel gradient one matrix product
@@ -250,7 +250,7 @@ def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   Why two ways: the whole-volume form runs kx 2D convolutions over every X-plane at once, each writing a
   full-size output that is then summed; on large planes a lax.scan over the (sample, X) output planes sums
   the kx 2D convolutions of one plane while it is in cache instead: 1.7-2.0x faster at 32 channels on 64^3
-  and 1.05-1.25x at 64 on 32^3, the same values bitwise, but 1.1-1.7x slower on 16^3 and 8^3 planes (README,
+  and 1.05-1.25x at 64 on 32^3, the same values bitwise, but 1.3-1.7x slower on 16^3 and 8^3 planes (README,
   "Speed and memory"). Planes of at least _PLANE_SCAN_MIN_VOXELS voxels scan, as in _kernel_gradient.
   """
   pads = [(k // 2, k // 2) for k in kernel.shape[:3]]
