@@ -107,12 +107,14 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
                  backend: str | None = None) -> str:
   """The form one layer runs: ``auto`` is the form measured fastest for the layer's kind on the backend.
 
-  On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions
-  run depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is
-  its own (``_depth_folded_same``): the ResEnc M train step is 2.2x native's. Input-dilated ones (the
-  transposed convolutions of SegResNet and MedNeXt) run im2col, 3.2-4.4x native's forward + backward in
-  a one-off timing (README), where depth_folded was no faster than native. Grouped (depthwise) ones run
-  native. Accelerators run every layer native (cuDNN, the TPU compiler).
+  On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions run
+  depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is its own
+  (``_depth_folded_same``): the ResEnc M train step was 2.2x native's at commit 8792485, before the
+  plane-by-plane scans (``_same_conv``, ``_kernel_gradient``). Strided layers stay depth_folded: im2col's
+  faster strided backward did not show in the whole step (two A/Bs). Input-dilated ones (the transposed
+  convolutions of SegResNet and MedNeXt) run im2col, 3.2-4.4x native's forward + backward in a one-off timing
+  (README), where depth_folded was no faster than native. Grouped (depthwise) ones run native. Accelerators
+  run every layer native (cuDNN, the TPU compiler).
   """
   if impl != "auto":
     return impl
