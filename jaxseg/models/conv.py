@@ -111,10 +111,10 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
   depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is its own
   (``_depth_folded_same``): the ResEnc M train step was 2.2x native's at commit 8792485, before the
   plane-by-plane scans (``_same_conv``, ``_kernel_gradient``). Strided layers stay depth_folded: im2col's
-  faster strided backward did not show in the whole step (two A/Bs). Input-dilated ones (the transposed
-  convolutions of SegResNet and MedNeXt) run im2col, 3.2-4.4x native's forward + backward in a one-off timing
-  (README), where depth_folded was no faster than native. Grouped (depthwise) ones run native. Accelerators
-  run every layer native (cuDNN, the TPU compiler).
+  faster strided backward did not show in the whole step (two A/Bs). Input-dilated ones (SegResNet's
+  transposed convolutions) run im2col, 3.5-5.5x native's forward + backward (`launch/bench_peers.py
+  --conv_layers`, README), where depth_folded was no faster than native. Grouped (depthwise) ones, MedNeXt's
+  upsampling included, run native. Accelerators run every layer native (cuDNN, the TPU compiler).
   """
   if impl != "auto":
     return impl
