@@ -52,7 +52,7 @@ def inference_conv(config: ml_collections.ConfigDict) -> str:
   Why the form may differ from training's: the forms share parameters and agree to float rounding
   (tests/test_models.py), but not in speed, and the fastest forward pass is not the fastest forward and
   backward. On XLA:CPU a 2D convolution goes to YNNPACK and a 3D one to XLA's own emitter, so the
-  depth-folded forward is 1.4-1.9x native's at a U-Net's high-resolution stages (``python
+  depth-folded forward is 1.6-2.8x native's at a U-Net's high-resolution stages (``python
   launch/bench_peers.py --config=configs/default.py --conv_layers``; README, "Speed and memory"), so on a
   CPU inference runs it whichever form trained (``model.conv=auto`` trains in it there too, input-dilated
   layers excepted).

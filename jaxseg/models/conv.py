@@ -1,15 +1,17 @@
 """3D convolution in three interchangeable forms sharing one parameter layout, and 2x upsampling.
 
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, and the backward pass of a strided
-one about 50-60x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum of
-2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
-convolutions get their own backward pass of the same kind) and "im2col" (the in-plane taps of each depth
-tap gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass).
-The default "auto" picks per layer the form measured fastest for its kind on the backend
-(``resolve_impl``: depth_folded on a CPU, where the ResEnc M train step is 2.2x the native one; native on
-accelerators). All forms use the same ``kernel`` parameter of shape ``[kx, ky, kz, C_in, C_out]`` (the
-layout of ``flax.linen.Conv``), so a checkpoint trained with one runs with the others. ``UpConv3D`` is the
-kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in every form.
+one about 50-60x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum
+of 2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
+convolutions get their own backward pass of the same kind) and "im2col" (the in-plane taps of each depth tap
+gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass). The
+default "auto" picks per layer the form measured fastest for its kind on the backend (``resolve_impl``:
+depth_folded on a CPU, where the ResEnc M train step is well over twice as fast as the native one (README,
+"Speed and memory"); native on accelerators). All forms use the same ``kernel`` parameter of shape
+``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs with
+the others.
+``UpConv3D`` is the kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in
+every form.
 """
 
 from __future__ import annotations
@@ -226,6 +228,11 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
 _PLANE_SCAN_MIN_VOXELS = 1024
 
 
+def _scans_planes(shape) -> bool:
+  """Whether a [B, X, Y, Z, C] volume's (Y, Z) planes are large enough to process one at a time."""
+  return shape[2] * shape[3] >= _PLANE_SCAN_MIN_VOXELS
+
+
 def _plain_same(kernel_size, strides, pads, dilation, groups) -> bool:
   """A stride-1, undilated, ungrouped convolution of an odd kernel with 'SAME' padding: the case whose
   backward pass ``_depth_folded_same`` rewrites (a U-Net's residual blocks are nearly all of this kind)."""
@@ -237,11 +244,12 @@ def _plain_same(kernel_size, strides, pads, dilation, groups) -> bool:
 def _depth_folded_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The depth-folded 'SAME' convolution with a backward pass of the same speed class as its forward.
 
-  Why: XLA:CPU hands 2D convolutions to YNNPACK, so the depth-folded forward is 1.6-2.5x native's at a U-Net's
+  Why: XLA:CPU hands 2D convolutions to YNNPACK, so the depth-folded forward is 1.6-2.8x native's at a U-Net's
   high-resolution stages, but autodiff's backward of the folded form is a weight-gradient 2D convolution
   XLA runs slowly (README, "Speed and memory"). Here the input gradient is itself a depth-folded convolution
   (of the output gradient with the flipped, transposed kernel) and the kernel gradient one matrix product
-  per tap (``_kernel_gradient``), both exact up to float rounding (tests/test_models.py, tests/test_model_zoo.py).
+  per tap (``_kernel_gradient``), both exact up to float rounding (tests/test_models.py,
+  tests/test_model_zoo.py).
   """
   return _same_conv(x, kernel)
 
@@ -257,7 +265,7 @@ def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   pads = [(k // 2, k // 2) for k in kernel.shape[:3]]
   b, nx, ny, nz, c = x.shape
-  if ny * nz < _PLANE_SCAN_MIN_VOXELS:
+  if not _scans_planes(x.shape):
     return _depth_folded_conv(x, kernel, (1, 1, 1), pads)
   kx = kernel.shape[0]
   xp = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0)))
@@ -308,9 +316,7 @@ def _kernel_gradient(x: jax.Array, dy: jax.Array, kernel_size, by_plane: bool | 
   xp = jnp.pad(x, ((0, 0), (kx // 2, kx // 2), (ky // 2, ky // 2), (kz // 2, kz // 2), (0, 0)))
   contract = lambda a, g: jax.lax.dot_general(a.reshape(-1, c), g, (((0,), (0,)), ((), ())),
                                               preferred_element_type=jnp.float32)
-  if by_plane is None:
-    by_plane = ny * nz >= _PLANE_SCAN_MIN_VOXELS
-  if not by_plane:
+  if not (_scans_planes(x.shape) if by_plane is None else by_plane):
     rows = dy.reshape(-1, f)
     offsets = jnp.array([(i, j, l) for i in range(kx) for j in range(ky) for l in range(kz)], jnp.int32)
     taps = jax.lax.map(lambda o: contract(jax.lax.dynamic_slice(xp, (0, *o, 0), (b, nx, ny, nz, c)), rows),

@@ -67,8 +67,8 @@ def _flops(cost) -> float | None:
 def native_step_flops(config: ml_collections.ConfigDict, mesh, state, batch: dict) -> float | None:
   """FLOPs of one train step, from XLA's cost analysis of the step's program with every convolution native.
 
-  Why not the compiled step's own count: the CPU convolution forms loop (a ``lax.scan`` over the input's
-  planes in the depth-folded backward pass), and XLA counts a loop body once, so their count would be a fraction of
+  Why not the compiled step's own count: the CPU convolution forms loop (the depth-folded form scans over
+  planes or maps over kernel taps), and XLA counts a loop body once, so their count would be a fraction of
   the arithmetic done. The forms compute the same convolutions, so the native program's count is the work of
   every form; it is taken before optimisation (``Lowered.cost_analysis``: no second compilation).
   """
