@@ -15,6 +15,7 @@ import pytest
 
 from jaxseg import models
 from jaxseg.models import downsampling_factor, registry
+from jaxseg.models import conv as conv_module
 from jaxseg.models.conv import Conv3D, UpConv3D, resolve_impl
 from jaxseg.models.mednext import MedNeXt
 from jaxseg.models.segresnet_ds import SegResNetDS
@@ -243,6 +244,35 @@ def test_conv_forms_match_native_values_and_gradients(kwargs, impl):
   np.testing.assert_allclose(np.asarray(gx_n), np.asarray(gx_o), atol=1e-4, rtol=1e-4)
   for a, b in zip(jax.tree_util.tree_leaves(gp_n), jax.tree_util.tree_leaves(gp_o)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size,pads,dilation", [
+    ((3, 3, 3), ((1, 2),) * 3, 2),
+    ((4, 4, 4), ((2, 2),) * 3, 2),
+    ((3, 4, 3), ((1, 2), (2, 2), (1, 2)), 2),
+    ((3, 3, 3), ((1, 3),) * 3, 3),
+], ids=["segresnet_up", "kernel4", "anisotropic", "stride3"])
+@pytest.mark.parametrize("impl", ["depth_folded", "im2col"])
+def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_size, pads, dilation, impl):
+  """A transposed convolution whose output is d times its input runs, in both rewritten forms, as one
+  product on the undilated input (``_phase_split_conv``) and equals the native input-dilated convolution:
+  outputs, input and kernel gradients, for shift ranges of one, two and three voxels; a layer whose output
+  is not d times its input is not split."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5, 3))
+  assert conv_module._phase_splits(x.shape[1:4], kernel_size, (1, 1, 1), pads, dilation)
+  native = Conv3D(4, kernel_size, input_dilation=dilation, padding=pads, use_bias=False)
+  params = native.init(jax.random.key(1), x)
+  split = Conv3D(4, kernel_size, input_dilation=dilation, padding=pads, use_bias=False, impl=impl)
+  run = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
+  (loss_n, (gp_n, gx_n)), (loss_s, (gp_s, gx_s)) = run(native)(params, x), run(split)(params, x)
+  np.testing.assert_allclose(float(loss_s), float(loss_n), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(gx_s), np.asarray(gx_n), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(gp_s["params"]["kernel"]), np.asarray(gp_n["params"]["kernel"]),
+                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(jax.jit(split.apply)(params, x)), np.asarray(native.apply(params, x)),
+                             atol=2e-5, rtol=1e-4)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(split.apply)(params, x))  # the product, not a conv
+  assert not conv_module._phase_splits(x.shape[1:4], (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, 2)
 
 
 class _Toy(nn.Module):

@@ -11,7 +11,9 @@ depth_folded on a CPU, where the ResEnc M train step is well over twice as fast 
 ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs with
 the others.
 ``UpConv3D`` is the kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in
-every form.
+every form; other transposed convolutions whose output is d times the input (SegResNet's kernel-3, stride-2
+upsampling, an input-dilated Conv3D) run as one product on the undilated input in both rewritten forms
+(``_phase_split_conv``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _DIMS_2D = ("NHWC", "HWIO", "NHWC")
@@ -37,6 +40,8 @@ class Conv3D(nn.Module):
     impl: "native" (one lax 3D convolution), "depth_folded" (a sum of 2D convolutions over the first
       kernel axis), "im2col" (kx matrix products over gathered in-plane taps; grouped convolutions run
       native) or "auto" (the form measured fastest for the layer's kind on the backend: ``resolve_impl``).
+      Both rewritten forms run a transposed convolution whose output is d times its input as one product
+      on the undilated input (``_phase_split_conv``).
     dtype: compute dtype; parameters stay float32.
     groups: feature groups (``C_in`` for a depthwise convolution, as MedNeXt uses); the kernel is
       ``[kx, ky, kz, C_in / groups, features]``.
@@ -77,26 +82,27 @@ class Conv3D(nn.Module):
     else:
       pads = [((k - 1) // 2, k // 2) if s == 1 else _strided_pad(k, s) for k, s in
               zip(self.kernel_size, self.strides)]
+    impl = resolve_impl(self.impl, self.strides, self.input_dilation, self.groups)
+    if impl not in ("native", "depth_folded", "im2col"):
+      raise ValueError(f"model.conv: unknown convolution implementation {self.impl!r}; "
+                       "use 'auto', 'native', 'depth_folded' or 'im2col'")
     pointwise = self.kernel_size == (1, 1, 1) and self.groups == 1 and all(p == (0, 0) for p in pads)
     if pointwise:
       # A 1x1x1 convolution is a matmul over channels; as a dot it compiles and runs far faster on CPUs.
       y = _pointwise_conv(x, kernel, self.strides, self.input_dilation)
-    elif (impl := resolve_impl(self.impl, self.strides, self.input_dilation, self.groups)) == "native":
+    elif impl == "native" or (impl == "im2col" and self.groups > 1):
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
                                        dimension_numbers=_DIMS, feature_group_count=self.groups)
+    elif self.groups == 1 and _phase_splits(x.shape[1:4], self.kernel_size, self.strides, pads, self.input_dilation):
+      # A transposed convolution: both rewritten forms run it as one product on the undilated input.
+      y = _phase_split_conv(x, kernel, pads, self.input_dilation)
     elif impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
                                                      self.groups):
       y = _depth_folded_same(x, kernel)
     elif impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
-    elif impl == "im2col" and self.groups == 1:
-      y = _im2col_conv(x, kernel, self.strides, pads, self.input_dilation)
-    elif impl == "im2col":
-      y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
-                                       dimension_numbers=_DIMS, feature_group_count=self.groups)
     else:
-      raise ValueError(f"model.conv: unknown convolution implementation {self.impl!r}; "
-                       "use 'auto', 'native', 'depth_folded' or 'im2col'")
+      y = _im2col_conv(x, kernel, self.strides, pads, self.input_dilation)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       if self.frozen_bias:
@@ -113,10 +119,12 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
   depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is its own
   (``_depth_folded_same``): the ResEnc M train step was 2.2x native's at commit 8792485, before the
   plane-by-plane scans (``_same_conv``, ``_kernel_gradient``). Strided layers stay depth_folded: im2col's
-  faster strided backward did not show in the whole step (two A/Bs). Input-dilated ones (SegResNet's
-  transposed convolutions) run im2col, 3.5-5.5x native's forward + backward (`launch/bench_peers.py
-  --conv_layers`, README), where depth_folded was no faster than native. Grouped (depthwise) ones, MedNeXt's
-  upsampling included, run native. Accelerators run every layer native (cuDNN, the TPU compiler).
+  faster strided backward did not show in the whole step (two A/Bs). Input-dilated ones run im2col: a
+  transposed convolution whose output is d times its input (SegResNet's upsampling) is the phase split in
+  either rewritten form (``_phase_split_conv``), and for other input-dilated layers im2col was 3.5-5.5x
+  native's forward + backward where depth_folded was no faster than native (`launch/bench_peers.py
+  --conv_layers`, README). Grouped (depthwise) ones, MedNeXt's upsampling included, run native.
+  Accelerators run every layer native (cuDNN, the TPU compiler).
   """
   if impl != "auto":
     return impl
@@ -201,6 +209,65 @@ def _im2col_conv(x, kernel, strides, pads, dilation=1):
       total = y if total is None else total + y
     return total.reshape(b, *out, f)
   return conv(x, kernel)
+
+
+def _phase_splits(spatial, kernel_size, strides, pads, dilation) -> bool:
+  """Whether an input-dilated convolution is a transposed one whose output is exactly ``dilation`` times its
+  input on every axis (SegResNet's kernel-3, stride-2 upsampling is): the case ``_phase_split_conv`` runs."""
+  return (dilation > 1 and tuple(strides) == (1, 1, 1)
+          and all((n - 1) * dilation + 1 + lo + hi - k + 1 == dilation * n
+                  for n, k, (lo, hi) in zip(spatial, kernel_size, pads)))
+
+
+def _phase_taps(k: int, pad_low: int, d: int) -> tuple[int, list[list[int]]]:
+  """One axis of an input-dilated convolution split by output phase.
+
+  Output voxel ``o = d m + r`` (phase r) sums, over taps t, the dilated input at ``o + t - pad_low``, which is
+  a real voxel ``x[m + s]`` only when ``r + t - pad_low = d s``. Returns the smallest shift s and, per phase
+  r, the tap applied to ``x[m + s]`` for each shift s from it, ``k`` (an index past the kernel: a zero tap)
+  where none is.
+  """
+  taps = {(r, (r + t - pad_low) // d): t for r in range(d) for t in range(k) if (r + t - pad_low) % d == 0}
+  shifts = [s for _, s in taps]
+  lo, hi = min(shifts), max(shifts)
+  return lo, [[taps.get((r, s), k) for s in range(lo, hi + 1)] for r in range(d)]
+
+
+def _phase_split_conv(x: jax.Array, kernel: jax.Array, pads, d: int) -> jax.Array:
+  """A transposed convolution (input-dilated, output d times the input per axis) as one matrix product on
+  the undilated input, a sub-pixel convolution.
+
+  Why: of the dilated input's voxels, 7 in 8 are zeros (d = 2), and XLA:CPU multiplies them all: SegResNet's
+  kernel-3, stride-2 upsampling ran 0.01-0.09x PyTorch's ConvTranspose3d as native, depth-folded or
+  im2col convolution (README, "Speed and memory", dilated rows). Each output phase (its position modulo d
+  along each axis) is a small stride-1 convolution of the undilated input (for kernel 3, d 2: one or two taps
+  per axis), so the S^3 shifted copies of the input (S = 2 there) concatenated along channels, times a
+  [S^3 C_in, d^3 F] matrix holding each phase's taps (zeros where a phase does not use a shift), give every
+  phase at once, and a voxel shuffle interleaves them. That multiplies 64 C_in F per input voxel where 27
+  are needed, but as one large product it ran faster than one product per phase or per shift (one-off
+  timings). The kernel keeps Conv3D's layout and is gathered into the matrix, so checkpoints are unchanged;
+  the gathered columns are recomputed in the backward pass (jax.checkpoint), as in ``_im2col_conv``.
+  """
+  b, *n, c = x.shape
+  f = kernel.shape[-1]
+  axes = [_phase_taps(k, lo, d) for k, (lo, _) in zip(kernel.shape[:3], pads)]
+  shifts = [len(table[0]) for _, table in axes]
+  # [S_x, S_y, S_z, d, d, d, C_in, F]: the tap of each (shift, phase) pair, from the kernel with a zero tap appended.
+  tx, ty, tz = (np.array(table).T for _, table in axes)
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 1), (0, 0), (0, 0)))
+  matrix = padded[tx[:, None, None, :, None, None], ty[None, :, None, None, :, None], tz[None, None, :, None, None, :]]
+  matrix = matrix.transpose(0, 1, 2, 6, 3, 4, 5, 7).reshape(int(np.prod(shifts)) * c, d ** 3 * f)
+
+  @jax.checkpoint
+  def columns(x):
+    # The smallest shift is never positive (phase pad_low mod d has tap 0 at shift <= 0), so shift lo + i
+    # starts at i in the input padded by -lo below.
+    xp = jnp.pad(x, ((0, 0), *((-lo, max(0, lo + s - 1)) for (lo, _), s in zip(axes, shifts)), (0, 0)))
+    return jnp.concatenate([jax.lax.slice(xp, (0, i, j, l, 0), (b, i + n[0], j + n[1], l + n[2], c))
+                            for i in range(shifts[0]) for j in range(shifts[1]) for l in range(shifts[2])], axis=-1)
+
+  y = jnp.dot(columns(x).reshape(-1, matrix.shape[0]), matrix).reshape(b, *n, d, d, d, f)
+  return y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *(m * d for m in n), f)
 
 
 def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
