@@ -1,11 +1,14 @@
 """The same work in jaxseg and in the field's PyTorch tools, timed in one process run (`launch/bench_peers.py`).
 
-Both sides run nnU-Net's residual-encoder U-Net of one configuration (ResEnc M by default: 32-64-128-256-320,
-blocks 1-3-4-6-6, one decoder conv per stage, conv bias, instance norm, deep supervision): a train step
-(forward, Dice + cross-entropy over the deep-supervision levels, backward, SGD update; no synthesis and no
-augmentation on either side), and a sliding window over one volume (Gaussian blending, no mirroring). The
-PyTorch side is dynamic_network_architectures' ResidualEncoderUNet (the network nnU-Net trains) and MONAI's
-sliding_window_inference, from the optional ``bench`` extra (``pip install -e ".[bench]"``). Each figure is
+Both sides run the same network: nnU-Net's residual-encoder U-Net of one configuration (``model.name=
+resenc_unet``; ResEnc M by default: 32-64-128-256-320, blocks 1-3-4-6-6, one decoder conv per stage, conv
+bias, instance norm, deep supervision) against dynamic_network_architectures' ResidualEncoderUNet (the
+network nnU-Net trains), or ``model.name=segresnet_ds`` against MONAI's SegResNetDS (init_filters 32, blocks
+1-2-2-4-4, affine instance norm, dsdepth 4 with deep supervision; the same parameter count). Each side runs a
+train step (forward, Dice + cross-entropy over the deep-supervision levels, backward, SGD update; no
+synthesis and no augmentation on either side), and a sliding window over one volume (Gaussian blending, no
+mirroring; MONAI's sliding_window_inference on the PyTorch side). The PyTorch packages come from the
+optional ``bench`` extra (``pip install -e ".[bench]"``). Each figure is
 the median of ``repeats`` timed runs after a warm-up; ratios are PyTorch time / jaxseg time (above 1: jaxseg
 faster). The machine is the same for both, so the ratio is what to compare across machines.
 """
@@ -57,17 +60,43 @@ def _torch_resenc(features: Sequence[int], blocks: Sequence[int], num_classes: i
       nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision)
 
 
-def torch_train_step_s(features, blocks, num_classes: int, batch: int, patch: Sequence[int],
+# The models with a field network to compare against, and the name of that network in the table.
+PEER_MODELS = {"resenc_unet": "dynamic_network_architectures ResidualEncoderUNet",
+               "segresnet_ds": "MONAI SegResNetDS"}
+
+
+def _torch_segresnet_ds(num_classes: int, deep_supervision: bool):
+  from monai.networks.nets import SegResNetDS  # pylint: disable=import-outside-toplevel
+  from jaxseg.models.registry import _SEGRESNET_BLOCKS  # pylint: disable=import-outside-toplevel
+  return SegResNetDS(spatial_dims=3, init_filters=32, in_channels=1, out_channels=num_classes,
+                     blocks_down=_SEGRESNET_BLOCKS, norm=("INSTANCE", {"affine": True}),
+                     dsdepth=len(_SEGRESNET_BLOCKS) - 1 if deep_supervision else 1)
+
+
+def torch_network(model: ml_collections.ConfigDict, num_classes: int, deep_supervision: bool):
+  """The field's PyTorch network for jaxseg's ``model`` (``PEER_MODELS``), with or without deep supervision."""
+  if model.name == "resenc_unet":
+    return _torch_resenc(tuple(model.features), tuple(model.blocks_per_stage), num_classes, deep_supervision)
+  if model.name == "segresnet_ds" and model.get("init_filters", 32) == 32:
+    return _torch_segresnet_ds(num_classes, deep_supervision)
+  raise ValueError(f"model.name: bench_peers compares {', '.join(PEER_MODELS)} (segresnet_ds at init_filters "
+                   f"32), not {model.name!r}")
+
+
+def torch_train_step_s(model: ml_collections.ConfigDict, num_classes: int, batch: int, patch: Sequence[int],
                        repeats: int) -> dict:
   """PyTorch: one nnU-Net-style step (DS-weighted Dice + CE, SGD Nesterov 0.99) on a random batch."""
   import torch  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  net = _torch_resenc(features, blocks, num_classes, deep_supervision=True)
+  net = torch_network(model, num_classes, deep_supervision=bool(model.deep_supervision))
   opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
   x = torch.randn(batch, 1, *patch)
-  levels = len(features) - 1
-  targets = [torch.randint(0, num_classes, (batch, *[s // 2 ** i for s in patch])) for i in range(levels)]
-  weights = np.array([1 / 2 ** i for i in range(levels)])
+  net.train()
+  with torch.no_grad():
+    outs = net(x)
+  outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+  targets = [torch.randint(0, num_classes, (batch, *o.shape[2:])) for o in outs]  # one per output level
+  weights = np.array([1 / 2 ** i for i in range(len(outs))])
   weights = weights / weights.sum()
 
   def loss_of(logits, target):
@@ -80,24 +109,24 @@ def torch_train_step_s(features, blocks, num_classes: int, batch: int, patch: Se
   def step():
     opt.zero_grad(set_to_none=True)
     outs = net(x)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
     loss = sum(w * loss_of(o, t) for w, o, t in zip(weights, outs, targets))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
     opt.step()
 
-  net.train()
   seconds = _median_time(step, repeats)
   return {"step_s": round(seconds, 3), "num_params": int(sum(p.numel() for p in net.parameters())),
           "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def torch_sliding_window_s(features, blocks, num_classes: int, volume: Sequence[int], window: Sequence[int],
-                           overlap: float, window_batch: int, repeats: int) -> dict:
+def torch_sliding_window_s(model: ml_collections.ConfigDict, num_classes: int, volume: Sequence[int],
+                           window: Sequence[int], overlap: float, window_batch: int, repeats: int) -> dict:
   """MONAI sliding_window_inference with the same network, Gaussian blending, no mirroring."""
   import torch  # pylint: disable=import-outside-toplevel
   from monai.inferers import sliding_window_inference  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  net = _torch_resenc(features, blocks, num_classes, deep_supervision=False).eval()
+  net = torch_network(model, num_classes, deep_supervision=False).eval()
   x = torch.rand(1, 1, *volume)
 
   def run():
@@ -131,12 +160,13 @@ def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int],
   the train step and the sliding window (``works``) and the quoted synthesis figures (``synth_ms``)."""
   c = peer_config(config, batch, patch)
   k = 1 + 2 * len(c.data.organs)
-  f, b = tuple(c.model.features), tuple(c.model.blocks_per_stage)
+  if c.model.name not in PEER_MODELS:  # before any timing, with the one-line error of torch_network
+    torch_network(c.model, k, deep_supervision=False)
   rows = []
   if "train" in works:
-    rows.append(_train_row(c, f, b, k, batch, patch, repeats))
+    rows.append(_train_row(c, k, batch, patch, repeats))
   if "sliding" in works:
-    rows.append(_sliding_row(c, f, b, k, volume, patch, window_batch, repeats))
+    rows.append(_sliding_row(c, k, volume, patch, window_batch, repeats))
   for size, ms in (synth_ms or {}).items():
     rows.append({"work": f"synthetic liver tumours, {size}, 96^3 at 1 mm, per patch",
                  "field": "published generator (quoted)", "field_s": PUBLISHED_SYNTH_MS[size] / 1e3,
@@ -144,21 +174,28 @@ def compare(config: ml_collections.ConfigDict, batch: int, patch: Sequence[int],
   return rows
 
 
-def _train_row(c, f, b, k, batch, patch, repeats) -> dict:
-  theirs = torch_train_step_s(f, b, k, batch, patch, repeats)
+def _network_name(model: ml_collections.ConfigDict) -> str:
+  if model.name == "resenc_unet":
+    return f"ResEnc {'-'.join(map(str, model.features))}"
+  return model.name
+
+
+def _train_row(c, k, batch, patch, repeats) -> dict:
+  theirs = torch_train_step_s(c.model, k, batch, patch, repeats)
   ours = measure_train_step(c, steps=repeats)
-  return {"work": f"train step, ResEnc {'-'.join(map(str, f))}, batch {batch}, {'x'.join(map(str, patch))}, "
-                  f"{k} classes", "field": f"PyTorch {theirs['torch']} (dynamic_network_architectures)",
+  return {"work": f"train step, {_network_name(c.model)}, batch {batch}, {'x'.join(map(str, patch))}, "
+                  f"{k} classes", "field": f"PyTorch {theirs['torch']} ({PEER_MODELS[c.model.name]})",
           "field_s": theirs["step_s"], "jaxseg_s": ours["step_s"],
           "field_params": theirs["num_params"], "jaxseg_params": ours["num_params"],
           "ratio": round(theirs["step_s"] / ours["step_s"], 3), "conv": c.model.conv}
 
 
-def _sliding_row(c, f, b, k, volume, patch, window_batch, repeats) -> dict:
+def _sliding_row(c, k, volume, patch, window_batch, repeats) -> dict:
   c.eval.window_batch, c.eval.tta_mirror, c.eval.overlap = int(window_batch), False, 0.5
-  theirs = torch_sliding_window_s(f, b, k, volume, patch, 0.5, window_batch, repeats)
+  theirs = torch_sliding_window_s(c.model, k, volume, patch, 0.5, window_batch, repeats)
   ours = benchmark_sliding_window(c, volume, repeats=repeats, mesh=parallel.make_mesh(jax.local_devices()))
-  return {"work": f"sliding window, {'x'.join(map(str, volume))}, windows {'x'.join(map(str, patch))}, "
+  return {"work": f"sliding window, {_network_name(c.model)}, {'x'.join(map(str, volume))}, windows "
+                  f"{'x'.join(map(str, patch))}, "
                   f"overlap 0.5, batch {window_batch}", "field": "MONAI sliding_window_inference",
           "field_s": theirs["seconds"], "jaxseg_s": ours["seconds"],
           "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": inference_conv(c)}
