@@ -27,7 +27,7 @@ import numpy as np
 from jaxseg import parallel
 from jaxseg.config_checks import resolve_config
 from jaxseg.models.conv import Conv3D, UpConv3D
-from jaxseg.models.registry import CONVS
+from jaxseg.models.registry import CONVS, SEGRESNET_BLOCKS
 from jaxseg.infer.bench import benchmark_sliding_window
 from jaxseg.infer.predict import inference_conv
 from jaxseg.train.benchmark import measure_train_step
@@ -67,10 +67,9 @@ PEER_MODELS = {"resenc_unet": "dynamic_network_architectures ResidualEncoderUNet
 
 def _torch_segresnet_ds(num_classes: int, deep_supervision: bool):
   from monai.networks.nets import SegResNetDS  # pylint: disable=import-outside-toplevel
-  from jaxseg.models.registry import _SEGRESNET_BLOCKS  # pylint: disable=import-outside-toplevel
   return SegResNetDS(spatial_dims=3, init_filters=32, in_channels=1, out_channels=num_classes,
-                     blocks_down=_SEGRESNET_BLOCKS, norm=("INSTANCE", {"affine": True}),
-                     dsdepth=len(_SEGRESNET_BLOCKS) - 1 if deep_supervision else 1)
+                     blocks_down=SEGRESNET_BLOCKS, norm=("INSTANCE", {"affine": True}),
+                     dsdepth=len(SEGRESNET_BLOCKS) - 1 if deep_supervision else 1)
 
 
 def torch_network(model: ml_collections.ConfigDict, num_classes: int, deep_supervision: bool):

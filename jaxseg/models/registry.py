@@ -159,17 +159,17 @@ for _v in ("s", "b", "m", "l"):
 
 # segresnet_ds: MONAI SegResNetDS, blocks_down 1-2-2-4-4; optional model.init_filters (default 32).
 
-_SEGRESNET_BLOCKS = (1, 2, 2, 4, 4)
+SEGRESNET_BLOCKS = (1, 2, 2, 4, 4)  # public: launch/bench_peers.py builds MONAI's network with the same blocks
 
 
 def _build_segresnet(model_cfg, num_classes):
   return SegResNetDS(num_classes=num_classes, init_filters=field(model_cfg, "init_filters", _WIDTH_DEFAULTS),
-                     blocks_down=_SEGRESNET_BLOCKS, deep_supervision=bool(model_cfg.deep_supervision),
+                     blocks_down=SEGRESNET_BLOCKS, deep_supervision=bool(model_cfg.deep_supervision),
                      **_common(model_cfg))
 
 
 register("segresnet_ds", ModelSpec(
-    builder=_build_segresnet, downsampling_factor=lambda cfg: 2 ** (len(_SEGRESNET_BLOCKS) - 1),
+    builder=_build_segresnet, downsampling_factor=lambda cfg: 2 ** (len(SEGRESNET_BLOCKS) - 1),
     check=_check_width, defaults=_WIDTH_DEFAULTS,
     mirrors="MONAI SegResNetDS (init_filters 32, blocks_down 1-2-2-4-4)"))
 
