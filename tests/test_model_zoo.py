@@ -206,11 +206,15 @@ def test_up_conv_is_flax_conv_transpose(use_bias):
 
 def test_auto_conv_form_is_chosen_per_layer_kind_and_backend():
   """``auto`` on a CPU runs im2col for input-dilated layers, depth_folded for other ungrouped ones (strided
-  included) and native for grouped ones; accelerators run native everywhere; a named form is kept."""
+  included) and for depthwise ones, native for other grouped ones; accelerators run native everywhere; a
+  named form is kept."""
   assert resolve_impl("auto", input_dilation=2, backend="cpu") == "im2col"
   assert resolve_impl("auto", (1, 1, 1), backend="cpu") == "depth_folded"
   assert resolve_impl("auto", (2, 2, 2), backend="cpu") == "depth_folded"
   assert resolve_impl("auto", (1, 1, 1), groups=4, backend="cpu") == "native"
+  assert resolve_impl("auto", (1, 1, 1), groups=4, backend="cpu", depthwise=True) == "depth_folded"
+  assert resolve_impl("auto", (1, 1, 1), 2, groups=4, backend="cpu", depthwise=True) == "depth_folded"
+  assert resolve_impl("auto", (1, 1, 1), groups=4, backend="gpu", depthwise=True) == "native"
   assert resolve_impl("auto", (2, 2, 2), backend="gpu") == "native"
   assert resolve_impl("auto", (1, 1, 1), backend="tpu") == "native"
   assert resolve_impl("im2col", (1, 1, 1), backend="cpu") == "im2col"
@@ -248,21 +252,26 @@ def test_conv_forms_match_native_values_and_gradients(kwargs, impl):
 
 @pytest.mark.parametrize("kernel_size,pads,dilation", [
     ((3, 3, 3), ((1, 2),) * 3, 2),
+    ((3, 3, 3), ((1, 1),) * 3, 2),
     ((4, 4, 4), ((2, 2),) * 3, 2),
-    ((3, 4, 3), ((1, 2), (2, 2), (1, 2)), 2),
+    ((3, 4, 3), ((1, 2), (2, 2), (1, 1)), 2),
     ((3, 3, 3), ((1, 3),) * 3, 3),
-], ids=["segresnet_up", "kernel4", "anisotropic", "stride3"])
+], ids=["segresnet_up", "mednext_up", "kernel4", "anisotropic", "stride3"])
+@pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("impl", ["depth_folded", "im2col"])
-def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_size, pads, dilation, impl):
-  """A transposed convolution whose output is d times its input runs, in both rewritten forms, as one
-  product on the undilated input (``_phase_split_conv``) and equals the native input-dilated convolution:
-  outputs, input and kernel gradients, for shift ranges of one, two and three voxels; a layer whose output
-  is not d times its input is not split."""
+def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_size, pads, dilation, depthwise,
+                                                                        impl):
+  """A transposed convolution whose output is d times its input (or up to d - 1 voxels shorter) runs, in both
+  rewritten forms, on the undilated input phase by phase (``_phase_split_conv``: one product, or for a
+  depthwise kernel a sum of shifted slices) and equals the native input-dilated convolution: outputs,
+  input and kernel gradients, for shift ranges of one, two and three voxels; a layer whose output is longer
+  is not split."""
   x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5, 3))
   assert conv_module._phase_splits(x.shape[1:4], kernel_size, (1, 1, 1), pads, dilation)
-  native = Conv3D(4, kernel_size, input_dilation=dilation, padding=pads, use_bias=False)
+  kwargs = dict(input_dilation=dilation, padding=pads, use_bias=False, groups=3 if depthwise else 1)
+  native = Conv3D(3 if depthwise else 4, kernel_size, **kwargs)
   params = native.init(jax.random.key(1), x)
-  split = Conv3D(4, kernel_size, input_dilation=dilation, padding=pads, use_bias=False, impl=impl)
+  split = Conv3D(native.features, kernel_size, impl=impl, **kwargs)
   run = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
   (loss_n, (gp_n, gx_n)), (loss_s, (gp_s, gx_s)) = run(native)(params, x), run(split)(params, x)
   np.testing.assert_allclose(float(loss_s), float(loss_n), rtol=1e-5)
@@ -271,8 +280,29 @@ def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_s
                              atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(np.asarray(jax.jit(split.apply)(params, x)), np.asarray(native.apply(params, x)),
                              atol=2e-5, rtol=1e-4)
-  assert "conv_general_dilated" not in str(jax.make_jaxpr(split.apply)(params, x))  # the product, not a conv
-  assert not conv_module._phase_splits(x.shape[1:4], (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, 2)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(split.apply)(params, x))  # not a convolution
+  assert not conv_module._phase_splits(x.shape[1:4], (3, 3, 3), (1, 1, 1), ((2, 2),) * 3, 2)
+
+
+@pytest.mark.parametrize("strides,kernel_size", [((1, 1, 1), (3, 3, 3)), ((2, 2, 2), (3, 3, 3)),
+                                                 ((1, 2, 1), (3, 1, 5))], ids=["same", "down", "anisotropic"])
+def test_depthwise_conv_is_a_sum_of_shifted_slices_equal_to_native(strides, kernel_size):
+  """A depthwise convolution (MedNeXt's) runs in the rewritten forms as a sum of shifted slices
+  (``_depthwise_conv``), with no convolution op, and equals XLA's grouped convolution: outputs and both
+  gradients; ``auto`` picks it on a CPU and keeps other grouped convolutions native."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 4, 6, 5))
+  native = Conv3D(5, kernel_size, strides=strides, groups=5, use_bias=False)
+  params = native.init(jax.random.key(1), x)
+  fused = Conv3D(5, kernel_size, strides=strides, groups=5, use_bias=False, impl="auto")
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(fused.apply)(params, x))
+  run = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
+  (loss_n, (gp_n, gx_n)), (loss_f, (gp_f, gx_f)) = run(native)(params, x), run(fused)(params, x)
+  np.testing.assert_allclose(float(loss_f), float(loss_n), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(gx_f), np.asarray(gx_n), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(gp_f["params"]["kernel"]), np.asarray(gp_n["params"]["kernel"]),
+                             atol=1e-4, rtol=1e-4)
+  assert resolve_impl("auto", strides, groups=5, backend="cpu", depthwise=True) == "depth_folded"
+  assert resolve_impl("auto", strides, groups=5, backend="cpu") == "native"  # grouped, not depthwise
 
 
 class _Toy(nn.Module):

@@ -82,27 +82,35 @@ class Conv3D(nn.Module):
     else:
       pads = [((k - 1) // 2, k // 2) if s == 1 else _strided_pad(k, s) for k, s in
               zip(self.kernel_size, self.strides)]
-    impl = resolve_impl(self.impl, self.strides, self.input_dilation, self.groups)
+    depthwise = self.groups > 1 and self.groups == in_features == self.features
+    impl = resolve_impl(self.impl, self.strides, self.input_dilation, self.groups, depthwise=depthwise)
     if impl not in ("native", "depth_folded", "im2col"):
       raise ValueError(f"model.conv: unknown convolution implementation {self.impl!r}; "
                        "use 'auto', 'native', 'depth_folded' or 'im2col'")
     pointwise = self.kernel_size == (1, 1, 1) and self.groups == 1 and all(p == (0, 0) for p in pads)
+    native = lambda: jax.lax.conv_general_dilated(x, kernel, self.strides, pads,
+                                                  lhs_dilation=(self.input_dilation,) * 3,
+                                                  dimension_numbers=_DIMS, feature_group_count=self.groups)
     if pointwise:
       # A 1x1x1 convolution is a matmul over channels; as a dot it compiles and runs far faster on CPUs.
       y = _pointwise_conv(x, kernel, self.strides, self.input_dilation)
-    elif impl == "native" or (impl == "im2col" and self.groups > 1):
-      y = jax.lax.conv_general_dilated(x, kernel, self.strides, pads, lhs_dilation=(self.input_dilation,) * 3,
-                                       dimension_numbers=_DIMS, feature_group_count=self.groups)
-    elif self.groups == 1 and _phase_splits(x.shape[1:4], self.kernel_size, self.strides, pads, self.input_dilation):
-      # A transposed convolution: both rewritten forms run it as one product on the undilated input.
-      y = _phase_split_conv(x, kernel, pads, self.input_dilation)
+    elif impl == "native":
+      y = native()
+    elif (self.groups == 1 or depthwise) and _phase_splits(x.shape[1:4], self.kernel_size, self.strides, pads,
+                                                          self.input_dilation):
+      # A transposed convolution: both rewritten forms run it on the undilated input, phase by phase.
+      y = _phase_split_conv(x, kernel, pads, self.input_dilation, depthwise)
+    elif depthwise and self.input_dilation == 1:  # both rewritten forms: a fused sum of shifted slices
+      y = _depthwise_conv(x, kernel, self.strides, pads)
     elif impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
                                                      self.groups):
       y = _depth_folded_same(x, kernel)
     elif impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
-    else:
+    elif self.groups == 1:
       y = _im2col_conv(x, kernel, self.strides, pads, self.input_dilation)
+    else:  # im2col has no grouped form
+      y = native()
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       if self.frozen_bias:
@@ -112,7 +120,7 @@ class Conv3D(nn.Module):
 
 
 def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: int = 1,
-                 backend: str | None = None) -> str:
+                 backend: str | None = None, depthwise: bool = False) -> str:
   """The form one layer runs: ``auto`` is the form measured fastest for the layer's kind on the backend.
 
   On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions run
@@ -123,14 +131,16 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
   transposed convolution whose output is d times its input (SegResNet's upsampling) is the phase split in
   either rewritten form (``_phase_split_conv``), and for other input-dilated layers im2col was 3.5-5.5x
   native's forward + backward where depth_folded was no faster than native (`launch/bench_peers.py
-  --conv_layers`, README). Grouped (depthwise) ones, MedNeXt's upsampling included, run native.
+  --conv_layers`, README). Depthwise ones (``depthwise``: groups = input = output channels; MedNeXt's) run
+  depth_folded, which for them is a fused sum of shifted slices (``_depthwise_conv``) or, upsampling, the
+  phase split: XLA:CPU's grouped convolution was 12-80x slower. Other grouped ones run native.
   Accelerators run every layer native (cuDNN, the TPU compiler).
   """
   if impl != "auto":
     return impl
-  if (backend or jax.default_backend()) != "cpu" or groups != 1:
+  if (backend or jax.default_backend()) != "cpu" or (groups != 1 and not depthwise):
     return "native"
-  return "im2col" if input_dilation != 1 else "depth_folded"
+  return "im2col" if input_dilation != 1 and not depthwise else "depth_folded"
 
 
 class UpConv3D(nn.Module):
@@ -212,11 +222,17 @@ def _im2col_conv(x, kernel, strides, pads, dilation=1):
 
 
 def _phase_splits(spatial, kernel_size, strides, pads, dilation) -> bool:
-  """Whether an input-dilated convolution is a transposed one whose output is exactly ``dilation`` times its
-  input on every axis (SegResNet's kernel-3, stride-2 upsampling is): the case ``_phase_split_conv`` runs."""
+  """Whether an input-dilated convolution is a transposed one whose output is d times its input on every axis,
+  or up to d - 1 voxels shorter (SegResNet's kernel-3, stride-2 upsampling is exactly 2n; MedNeXt's, without
+  output padding, 2n - 1): the case ``_phase_split_conv`` runs."""
   return (dilation > 1 and tuple(strides) == (1, 1, 1)
-          and all((n - 1) * dilation + 1 + lo + hi - k + 1 == dilation * n
+          and all(0 <= dilation * n - _out_len(n, k, lo, hi, dilation) < dilation
                   for n, k, (lo, hi) in zip(spatial, kernel_size, pads)))
+
+
+def _out_len(n: int, k: int, lo: int, hi: int, d: int) -> int:
+  """Output length of a stride-1 convolution of kernel k on n voxels dilated by d and padded by (lo, hi)."""
+  return (n - 1) * d + 1 + lo + hi - k + 1
 
 
 def _phase_taps(k: int, pad_low: int, d: int) -> tuple[int, list[list[int]]]:
@@ -233,41 +249,78 @@ def _phase_taps(k: int, pad_low: int, d: int) -> tuple[int, list[list[int]]]:
   return lo, [[taps.get((r, s), k) for s in range(lo, hi + 1)] for r in range(d)]
 
 
-def _phase_split_conv(x: jax.Array, kernel: jax.Array, pads, d: int) -> jax.Array:
-  """A transposed convolution (input-dilated, output d times the input per axis) as one matrix product on
-  the undilated input, a sub-pixel convolution.
+def _phase_split_conv(x: jax.Array, kernel: jax.Array, pads, d: int, depthwise: bool = False) -> jax.Array:
+  """A transposed convolution (input-dilated, output d times the input per axis, or up to d - 1 voxels
+  shorter) computed on the undilated input, one output phase at a time folded into one product.
 
   Why: of the dilated input's voxels, 7 in 8 are zeros (d = 2), and XLA:CPU multiplies them all: SegResNet's
   kernel-3, stride-2 upsampling ran 0.01-0.09x PyTorch's ConvTranspose3d as native, depth-folded or
   im2col convolution (README, "Speed and memory", dilated rows). Each output phase (its position modulo d
   along each axis) is a small stride-1 convolution of the undilated input (for kernel 3, d 2: one or two taps
-  per axis), so the S^3 shifted copies of the input (S = 2 there) concatenated along channels, times a
+  per axis). Dense: the S^3 shifted copies of the input (S = 2 there) concatenated along channels, times a
   [S^3 C_in, d^3 F] matrix holding each phase's taps (zeros where a phase does not use a shift), give every
-  phase at once, and a voxel shuffle interleaves them. That multiplies 64 C_in F per input voxel where 27
-  are needed, but as one large product it ran faster than one product per phase or per shift (one-off
-  timings). The kernel keeps Conv3D's layout and is gathered into the matrix, so checkpoints are unchanged;
-  the gathered columns are recomputed in the backward pass (jax.checkpoint), as in ``_im2col_conv``.
+  phase at once, a sub-pixel convolution; that multiplies 64 C_in F per input voxel where 27 are needed,
+  but as one large product it ran faster than one product per phase or per shift (one-off timings). The
+  gathered columns are recomputed in the backward pass (jax.checkpoint), as in ``_im2col_conv``. Depthwise
+  (kernel [k, k, k, 1, C]): each phase is a sum of its shifted inputs times per-channel taps, elementwise
+  (``_depthwise_conv``'s reason). A voxel shuffle interleaves the phases and a crop drops what a shorter
+  output does not have. The kernel keeps Conv3D's layout, so checkpoints are unchanged.
   """
   b, *n, c = x.shape
   f = kernel.shape[-1]
+  lengths = [_out_len(m, k, lo, hi, d) for m, k, (lo, hi) in zip(n, kernel.shape[:3], pads)]
   axes = [_phase_taps(k, lo, d) for k, (lo, _) in zip(kernel.shape[:3], pads)]
   shifts = [len(table[0]) for _, table in axes]
-  # [S_x, S_y, S_z, d, d, d, C_in, F]: the tap of each (shift, phase) pair, from the kernel with a zero tap appended.
-  tx, ty, tz = (np.array(table).T for _, table in axes)
-  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 1), (0, 0), (0, 0)))
-  matrix = padded[tx[:, None, None, :, None, None], ty[None, :, None, None, :, None], tz[None, None, :, None, None, :]]
-  matrix = matrix.transpose(0, 1, 2, 6, 3, 4, 5, 7).reshape(int(np.prod(shifts)) * c, d ** 3 * f)
+  # The smallest shift is never positive (phase pad_low mod d has tap 0 at shift <= 0), so shift lo + i
+  # starts at i in the input padded by -lo below.
+  pad = lambda v: jnp.pad(v, ((0, 0), *((-lo, max(0, lo + s - 1)) for (lo, _), s in zip(axes, shifts)), (0, 0)))
+  window = lambda v, i, j, l: jax.lax.slice(v, (0, i, j, l, 0), (b, i + n[0], j + n[1], l + n[2], v.shape[-1]))
+  offsets = [(i, j, l) for i in range(shifts[0]) for j in range(shifts[1]) for l in range(shifts[2])]
+  (_, tx), (_, ty), (_, tz) = axes
+  if depthwise:
+    xp = pad(x)
+    phases = []
+    for px, py, pz in ((px, py, pz) for px in range(d) for py in range(d) for pz in range(d)):
+      terms = [window(xp, i, j, l) * kernel[tx[px][i], ty[py][j], tz[pz][l], 0]
+               for i, j, l in offsets
+               if tx[px][i] < kernel.shape[0] and ty[py][j] < kernel.shape[1] and tz[pz][l] < kernel.shape[2]]
+      phases.append(sum(terms[1:], terms[0]))
+    y = jnp.stack(phases, axis=-2)
+  else:
+    # [S_x, S_y, S_z, d, d, d, C_in, F]: the tap of each (shift, phase) pair, from the kernel with a zero tap
+    # appended.
+    ix, iy, iz = (np.array(table).T for table in (tx, ty, tz))
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 1), (0, 0), (0, 0)))
+    matrix = padded[ix[:, None, None, :, None, None], iy[None, :, None, None, :, None],
+                    iz[None, None, :, None, None, :]]
+    matrix = matrix.transpose(0, 1, 2, 6, 3, 4, 5, 7).reshape(len(offsets) * c, d ** 3 * f)
+    columns = jax.checkpoint(lambda v: jnp.concatenate([window(pad(v), *o) for o in offsets], axis=-1))
+    y = jnp.dot(columns(x).reshape(-1, matrix.shape[0]), matrix)
+  y = y.reshape(b, *n, d, d, d, f).transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *(m * d for m in n), f)
+  return y[:, :lengths[0], :lengths[1], :lengths[2]]
 
-  @jax.checkpoint
-  def columns(x):
-    # The smallest shift is never positive (phase pad_low mod d has tap 0 at shift <= 0), so shift lo + i
-    # starts at i in the input padded by -lo below.
-    xp = jnp.pad(x, ((0, 0), *((-lo, max(0, lo + s - 1)) for (lo, _), s in zip(axes, shifts)), (0, 0)))
-    return jnp.concatenate([jax.lax.slice(xp, (0, i, j, l, 0), (b, i + n[0], j + n[1], l + n[2], c))
-                            for i in range(shifts[0]) for j in range(shifts[1]) for l in range(shifts[2])], axis=-1)
 
-  y = jnp.dot(columns(x).reshape(-1, matrix.shape[0]), matrix).reshape(b, *n, d, d, d, f)
-  return y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *(m * d for m in n), f)
+def _depthwise_conv(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """A depthwise convolution (kernel [kx, ky, kz, 1, C]) as a sum of shifted, strided slices times per-channel
+  taps.
+
+  Why: XLA:CPU's grouped 3D convolution ran a depthwise 3^3 layer of 32 channels on a 64^3 batch of 2 in
+  4.5 s forward and 10.8 s forward + backward, where this elementwise sum, which XLA fuses into one loop,
+  took 0.058 and 0.91 s (PyTorch 0.030 and 0.63 s; one-off timing, `jax.jit`, median of 5). MedNeXt is
+  made of such layers.
+  """
+  kx, ky, kz = kernel.shape[:3]
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  out = [(m - k) // s + 1 for m, k, s in zip(xp.shape[1:4], (kx, ky, kz), strides)]
+  total = None
+  for i in range(kx):
+    for j in range(ky):
+      for l in range(kz):
+        start = (0, i, j, l, 0)
+        limit = (xp.shape[0], *(o + (m - 1) * s + 1 for o, m, s in zip((i, j, l), out, strides)), xp.shape[-1])
+        term = jax.lax.slice(xp, start, limit, (1, *strides, 1)) * kernel[i, j, l, 0]
+        total = term if total is None else total + term
+  return total
 
 
 def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
