@@ -250,6 +250,16 @@ def test_conv_forms_match_native_values_and_gradients(kwargs, impl):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
 
 
+def _assert_same_loss_and_gradients(native, other, params, x):
+  """Two Conv3D forms give the same jitted loss and gradients (input and kernel) from the same parameters."""
+  run = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
+  (loss_n, (gp_n, gx_n)), (loss_o, (gp_o, gx_o)) = run(native)(params, x), run(other)(params, x)
+  np.testing.assert_allclose(float(loss_o), float(loss_n), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(gx_o), np.asarray(gx_n), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(gp_o["params"]["kernel"]), np.asarray(gp_n["params"]["kernel"]),
+                             atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kernel_size,pads,dilation", [
     ((3, 3, 3), ((1, 2),) * 3, 2),
     ((3, 3, 3), ((1, 1),) * 3, 2),
@@ -272,12 +282,7 @@ def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_s
   native = Conv3D(3 if depthwise else 4, kernel_size, **kwargs)
   params = native.init(jax.random.key(1), x)
   split = Conv3D(native.features, kernel_size, impl=impl, **kwargs)
-  run = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
-  (loss_n, (gp_n, gx_n)), (loss_s, (gp_s, gx_s)) = run(native)(params, x), run(split)(params, x)
-  np.testing.assert_allclose(float(loss_s), float(loss_n), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(gx_s), np.asarray(gx_n), atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(gp_s["params"]["kernel"]), np.asarray(gp_n["params"]["kernel"]),
-                             atol=1e-4, rtol=1e-4)
+  _assert_same_loss_and_gradients(native, split, params, x)
   np.testing.assert_allclose(np.asarray(jax.jit(split.apply)(params, x)), np.asarray(native.apply(params, x)),
                              atol=2e-5, rtol=1e-4)
   assert "conv_general_dilated" not in str(jax.make_jaxpr(split.apply)(params, x))  # not a convolution
@@ -295,12 +300,7 @@ def test_depthwise_conv_is_a_sum_of_shifted_slices_equal_to_native(strides, kern
   params = native.init(jax.random.key(1), x)
   fused = Conv3D(5, kernel_size, strides=strides, groups=5, use_bias=False, impl="auto")
   assert "conv_general_dilated" not in str(jax.make_jaxpr(fused.apply)(params, x))
-  run = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
-  (loss_n, (gp_n, gx_n)), (loss_f, (gp_f, gx_f)) = run(native)(params, x), run(fused)(params, x)
-  np.testing.assert_allclose(float(loss_f), float(loss_n), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(gx_f), np.asarray(gx_n), atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(gp_f["params"]["kernel"]), np.asarray(gp_n["params"]["kernel"]),
-                             atol=1e-4, rtol=1e-4)
+  _assert_same_loss_and_gradients(native, fused, params, x)
   assert resolve_impl("auto", strides, groups=5, backend="cpu", depthwise=True) == "depth_folded"
   assert resolve_impl("auto", strides, groups=5, backend="cpu") == "native"  # grouped, not depthwise
 
