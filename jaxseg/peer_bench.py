@@ -208,12 +208,14 @@ def _sliding_row(c, k, volume, patch, window_batch, repeats) -> dict:
 
 # ResEnc M's convolution kinds at a 64^3 patch: (kind, input channels, output channels, input side). "same":
 # a stride-1 3^3 convolution of each stage; "down": a stage's first, stride-2 one; "up": the decoder's
-# kernel-2, stride-2 transposed convolution. "dilated" is not ResEnc M's: SegResNet's upsampling, a kernel-3,
-# stride-2 transposed convolution, which jaxseg runs as an input-dilated convolution (the form `auto` picks
-# for it on a CPU is im2col).
+# kernel-2, stride-2 transposed convolution. Not ResEnc M's: "dilated", SegResNet's upsampling, a kernel-3,
+# stride-2 transposed convolution, which jaxseg writes as an input-dilated convolution (both rewritten forms
+# run it phase-split); "depthwise", MedNeXt's 3^3 depthwise convolution (both rewritten forms run it as a sum
+# of shifted slices).
 CONV_LAYERS = (("same", 32, 32, 64), ("same", 64, 64, 32), ("same", 128, 128, 16), ("same", 320, 320, 8),
                ("down", 32, 64, 64), ("down", 64, 128, 32), ("up", 64, 32, 32), ("up", 128, 64, 16),
-               ("dilated", 64, 32, 32), ("dilated", 128, 64, 16))
+               ("dilated", 64, 32, 32), ("dilated", 128, 64, 16), ("depthwise", 32, 32, 64),
+               ("depthwise", 64, 64, 32))
 CONV_IMPLS = tuple(c for c in CONVS if c != "auto")  # the forms auto chooses among
 
 
@@ -223,7 +225,8 @@ def _torch_layer(kind: str, cin: int, cout: int):
     return torch.nn.ConvTranspose3d(cin, cout, 2, stride=2)
   if kind == "dilated":
     return torch.nn.ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1)
-  return torch.nn.Conv3d(cin, cout, 3, stride=2 if kind == "down" else 1, padding=1)
+  return torch.nn.Conv3d(cin, cout, 3, stride=2 if kind == "down" else 1, padding=1,
+                         groups=cin if kind == "depthwise" else 1)
 
 
 def _jax_layer(kind: str, cout: int, impl: str) -> nn.Module:
@@ -231,7 +234,8 @@ def _jax_layer(kind: str, cout: int, impl: str) -> nn.Module:
     return (nn.ConvTranspose(cout, (2, 2, 2), strides=(2, 2, 2)) if impl == "xla" else UpConv3D(cout))
   if kind == "dilated":  # ConvTranspose3d(3, stride 2, padding 1, output_padding 1), as SegResNet's decoder
     return Conv3D(cout, (3, 3, 3), input_dilation=2, padding=((1, 2),) * 3, impl=impl)
-  return Conv3D(cout, (3, 3, 3), strides=(2, 2, 2) if kind == "down" else (1, 1, 1), impl=impl)
+  return Conv3D(cout, (3, 3, 3), strides=(2, 2, 2) if kind == "down" else (1, 1, 1), impl=impl,
+                groups=cout if kind == "depthwise" else 1)
 
 
 def conv_layer_ratios(layers: Sequence[tuple[str, int, int, int]] = CONV_LAYERS, batch: int = 2,

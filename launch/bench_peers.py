@@ -34,8 +34,9 @@ _SYNTH = flags.DEFINE_list("synth_sizes", ["tiny", "small", "medium", "large", "
 _WORK = flags.DEFINE_multi_enum("work", ["train", "sliding"], ["train", "sliding"],
                                 "Which comparisons to run (repeat the flag for both; default both).")
 _CONV_LAYERS = flags.DEFINE_bool("conv_layers", False, "Only time one convolution of each kind in ResEnc "
-                                  "M (stride 1 per stage, strided, upsampling; forward + backward, and "
-                                  "forward alone) against PyTorch's, and print the ratios.")
+                                  "M (stride 1 per stage, strided, upsampling), SegResNet's upsampling and "
+                                  "MedNeXt's depthwise convolution (forward + backward, and forward alone) "
+                                  "against PyTorch's, and print the ratios.")
 flags.mark_flags_as_required(["config"])
 
 
