@@ -5,7 +5,8 @@ resenc_unet``; ResEnc M by default: 32-64-128-256-320, blocks 1-3-4-6-6, one dec
 bias, instance norm, deep supervision) against dynamic_network_architectures' ResidualEncoderUNet (the
 network nnU-Net trains), or ``model.name=segresnet_ds`` against MONAI's SegResNetDS (init_filters 32, blocks
 1-2-2-4-4, affine instance norm, dsdepth 4 with deep supervision), or ``model.name=mednext_s|b|m|l`` against
-MONAI's ``create_mednext`` (kernel 3); each pair has the same parameter count. Each side runs a
+MONAI's ``create_mednext`` (kernel 3), or ``model.name=swin_unetr`` against MONAI's SwinUNETR (v1,
+feature_size 48, no deep supervision); each pair has the same parameter count. Each side runs a
 train step (forward, Dice + cross-entropy over the deep-supervision levels, backward, SGD update; no
 synthesis and no augmentation on either side), and a sliding window over one volume (Gaussian blending, no
 mirroring; MONAI's sliding_window_inference on the PyTorch side). The PyTorch packages come from the
@@ -64,7 +65,8 @@ def _torch_resenc(features: Sequence[int], blocks: Sequence[int], num_classes: i
 # The models with a field network to compare against, and the name of that network in the table.
 PEER_MODELS = {"resenc_unet": "dynamic_network_architectures ResidualEncoderUNet",
                "segresnet_ds": "MONAI SegResNetDS",
-               **{f"mednext_{v}": f"MONAI MedNeXt-{v.upper()}" for v in "sbml"}}
+               **{f"mednext_{v}": f"MONAI MedNeXt-{v.upper()}" for v in "sbml"},
+               "swin_unetr": "MONAI SwinUNETR"}
 
 
 def _torch_segresnet_ds(num_classes: int, deep_supervision: bool):
@@ -78,14 +80,17 @@ def torch_network(model: ml_collections.ConfigDict, num_classes: int, deep_super
   """The field's PyTorch network for jaxseg's ``model`` (``PEER_MODELS``), with or without deep supervision."""
   if model.name == "resenc_unet":
     return _torch_resenc(tuple(model.features), tuple(model.blocks_per_stage), num_classes, deep_supervision)
-  if model.name in PEER_MODELS and model.get("init_filters", 32) == 32:
+  if model.name == "swin_unetr" and model.get("feature_size", 48) == 48:  # no deep supervision on either side
+    from monai.networks.nets import SwinUNETR  # pylint: disable=import-outside-toplevel
+    return SwinUNETR(in_channels=1, out_channels=num_classes, feature_size=48, use_v2=False)
+  if model.name in PEER_MODELS and model.name != "swin_unetr" and model.get("init_filters", 32) == 32:
     if model.name == "segresnet_ds":
       return _torch_segresnet_ds(num_classes, deep_supervision)
     from monai.networks.nets.mednext import create_mednext  # pylint: disable=import-outside-toplevel
     return create_mednext(model.name[-1].upper(), spatial_dims=3, in_channels=1, out_channels=num_classes,
                           kernel_size=3, deep_supervision=deep_supervision)
-  raise ValueError(f"model.name: bench_peers compares {', '.join(PEER_MODELS)} (at init_filters 32), not "
-                   f"{model.name!r}")
+  raise ValueError(f"model.name: bench_peers compares {', '.join(PEER_MODELS)} (at their reference widths: "
+                   f"init_filters 32, feature_size 48), not {model.name!r}")
 
 
 def torch_train_step_s(model: ml_collections.ConfigDict, num_classes: int, batch: int, patch: Sequence[int],

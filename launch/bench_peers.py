@@ -2,11 +2,11 @@
 
   pip install -e ".[bench]"     # CPU PyTorch, MONAI, dynamic-network-architectures
   python launch/bench_peers.py --config=configs/default.py [--work=train|sliding]
-      [--config.model.name=resenc_unet|segresnet_ds|mednext_s|mednext_b|mednext_m|mednext_l]
+      [--config.model.name=resenc_unet|segresnet_ds|mednext_s|mednext_b|mednext_m|mednext_l|swin_unetr]
       [--config.model.conv=auto|native|depth_folded|im2col] [--config.eval.conv=auto|native|depth_folded|im2col]
 
 Rows: nnU-Net's ResEnc train step (dynamic_network_architectures, the network nnU-Net trains; or, with
-model.name=segresnet_ds or mednext_*, MONAI's SegResNetDS or MedNeXt) and MONAI's sliding window with the same
+model.name=segresnet_ds, mednext_* or swin_unetr, MONAI's network) and MONAI's sliding window with the same
 network, against jaxseg's train step (model.conv: auto is depth_folded on a CPU) and sliding window
 (eval.conv: auto is depth_folded on a CPU); and jaxseg's synthesizer per 96^3 liver patch against the
 published generator's per-call times on this machine class (quoted: it cannot be vendored). Ratio = the
@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from jaxseg import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: the model (resenc_unet, "
-                                          "segresnet_ds or mednext_*) and conv.")
+                                          "segresnet_ds, mednext_* or swin_unetr) and conv.")
 _BATCH = flags.DEFINE_integer("batch", 2, "Train-step batch.")
 _PATCH = flags.DEFINE_list("patch", ["64", "64", "64"], "Train patch and sliding-window size.")
 _VOLUME = flags.DEFINE_list("volume", ["128", "128", "96"], "Sliding-window volume.")
