@@ -266,7 +266,8 @@ def _assert_same_loss_and_gradients(native, other, params, x):
     ((4, 4, 4), ((2, 2),) * 3, 2),
     ((3, 4, 3), ((1, 2), (2, 2), (1, 1)), 2),
     ((3, 3, 3), ((1, 3),) * 3, 3),
-], ids=["segresnet_up", "mednext_up", "kernel4", "anisotropic", "stride3"])
+    ((1, 1, 1), ((0, 1),) * 3, 2),
+], ids=["segresnet_up", "mednext_up", "kernel4", "anisotropic", "stride3", "kernel1"])
 @pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("impl", ["depth_folded", "im2col"])
 def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_size, pads, dilation, depthwise,
@@ -274,8 +275,8 @@ def test_phase_split_transposed_conv_equals_native_values_and_gradients(kernel_s
   """A transposed convolution whose output is d times its input (or up to d - 1 voxels shorter) runs, in both
   rewritten forms, on the undilated input phase by phase (``_phase_split_conv``: one product, or for a
   depthwise kernel a sum of shifted slices) and equals the native input-dilated convolution: outputs,
-  input and kernel gradients, for shift ranges of one, two and three voxels; a layer whose output is longer
-  is not split."""
+  input and kernel gradients, for shift ranges of one, two and three voxels and a kernel smaller than d (a
+  phase with no tap); a layer whose output is longer is not split."""
   x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5, 3))
   assert conv_module._phase_splits(x.shape[1:4], kernel_size, (1, 1, 1), pads, dilation)
   kwargs = dict(input_dilation=dilation, padding=pads, use_bias=False, groups=3 if depthwise else 1)

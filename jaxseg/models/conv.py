@@ -12,8 +12,9 @@ depth_folded on a CPU, where the ResEnc M train step is well over twice as fast 
 the others.
 ``UpConv3D`` is the kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in
 every form; other transposed convolutions whose output is d times the input (SegResNet's kernel-3, stride-2
-upsampling, an input-dilated Conv3D) run as one product on the undilated input in both rewritten forms
-(``_phase_split_conv``).
+upsampling, an input-dilated Conv3D) run on the undilated input, phase by phase, in both rewritten forms
+(``_phase_split_conv``), and depthwise convolutions (MedNeXt's) as fused sums of shifted slices
+(``_depthwise_conv``).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class Conv3D(nn.Module):
     strides: stride per spatial axis.
     use_bias: add a bias (off before a normalisation layer, which would cancel it).
     impl: "native" (one lax 3D convolution), "depth_folded" (a sum of 2D convolutions over the first
-      kernel axis), "im2col" (kx matrix products over gathered in-plane taps; grouped convolutions run
-      native) or "auto" (the form measured fastest for the layer's kind on the backend: ``resolve_impl``).
-      Both rewritten forms run a transposed convolution whose output is d times its input as one product
-      on the undilated input (``_phase_split_conv``).
+      kernel axis), "im2col" (kx matrix products over gathered in-plane taps) or "auto" (the form measured
+      fastest for the layer's kind on the backend: ``resolve_impl``). Both rewritten forms run a transposed
+      convolution whose output is d times its input on the undilated input (``_phase_split_conv``) and a
+      depthwise convolution as a sum of shifted slices (``_depthwise_conv``); other grouped convolutions
+      run native in im2col.
     dtype: compute dtype; parameters stay float32.
     groups: feature groups (``C_in`` for a depthwise convolution, as MedNeXt uses); the kernel is
       ``[kx, ky, kz, C_in / groups, features]``.
@@ -285,7 +287,7 @@ def _phase_split_conv(x: jax.Array, kernel: jax.Array, pads, d: int, depthwise: 
       terms = [window(xp, i, j, l) * kernel[tx[px][i], ty[py][j], tz[pz][l], 0]
                for i, j, l in offsets
                if tx[px][i] < kernel.shape[0] and ty[py][j] < kernel.shape[1] and tz[pz][l] < kernel.shape[2]]
-      phases.append(sum(terms[1:], terms[0]))
+      phases.append(sum(terms[1:], terms[0]) if terms else jnp.zeros((b, *n, c), x.dtype))  # kernel < d: none
     y = jnp.stack(phases, axis=-2)
   else:
     # [S_x, S_y, S_z, d, d, d, C_in, F]: the tap of each (shift, phase) pair, from the kernel with a zero tap
