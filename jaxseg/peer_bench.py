@@ -77,20 +77,26 @@ def _torch_segresnet_ds(num_classes: int, deep_supervision: bool):
 
 
 def torch_network(model: ml_collections.ConfigDict, num_classes: int, deep_supervision: bool):
-  """The field's PyTorch network for jaxseg's ``model`` (``PEER_MODELS``), with or without deep supervision."""
-  if model.name == "resenc_unet":
+  """The field's PyTorch network for jaxseg's ``model`` (``PEER_MODELS``), with or without deep supervision
+  (SwinUNETR has none on either side). MONAI's networks are compared at the reference width only, where the
+  parameter counts are equal."""
+  name = model.name
+  width = model.get("feature_size", 48) == 48 if name == "swin_unetr" else model.get("init_filters", 32) == 32
+  if name not in PEER_MODELS:
+    raise ValueError(f"model.name: bench_peers compares {', '.join(PEER_MODELS)}, not {name!r}")
+  if not (width or name == "resenc_unet"):
+    raise ValueError(f"model: bench_peers compares {name} at its reference width only (init_filters 32, "
+                     "feature_size 48), where MONAI's network has the same parameters")
+  if name == "resenc_unet":
     return _torch_resenc(tuple(model.features), tuple(model.blocks_per_stage), num_classes, deep_supervision)
-  if model.name == "swin_unetr" and model.get("feature_size", 48) == 48:  # no deep supervision on either side
+  if name == "segresnet_ds":
+    return _torch_segresnet_ds(num_classes, deep_supervision)
+  if name == "swin_unetr":
     from monai.networks.nets import SwinUNETR  # pylint: disable=import-outside-toplevel
     return SwinUNETR(in_channels=1, out_channels=num_classes, feature_size=48, use_v2=False)
-  if model.name in PEER_MODELS and model.name != "swin_unetr" and model.get("init_filters", 32) == 32:
-    if model.name == "segresnet_ds":
-      return _torch_segresnet_ds(num_classes, deep_supervision)
-    from monai.networks.nets.mednext import create_mednext  # pylint: disable=import-outside-toplevel
-    return create_mednext(model.name[-1].upper(), spatial_dims=3, in_channels=1, out_channels=num_classes,
-                          kernel_size=3, deep_supervision=deep_supervision)
-  raise ValueError(f"model.name: bench_peers compares {', '.join(PEER_MODELS)} (at their reference widths: "
-                   f"init_filters 32, feature_size 48), not {model.name!r}")
+  from monai.networks.nets.mednext import create_mednext  # pylint: disable=import-outside-toplevel
+  return create_mednext(name[-1].upper(), spatial_dims=3, in_channels=1, out_channels=num_classes,
+                        kernel_size=3, deep_supervision=deep_supervision)
 
 
 def torch_train_step_s(model: ml_collections.ConfigDict, num_classes: int, batch: int, patch: Sequence[int],
