@@ -302,6 +302,8 @@ def test_depthwise_conv_is_a_sum_of_shifted_slices_equal_to_native(strides, kern
   fused = Conv3D(5, kernel_size, strides=strides, groups=5, use_bias=False, impl="auto")
   assert "conv_general_dilated" not in str(jax.make_jaxpr(fused.apply)(params, x))
   _assert_same_loss_and_gradients(native, fused, params, x)
+  np.testing.assert_allclose(np.asarray(jax.jit(fused.apply)(params, x)), np.asarray(native.apply(params, x)),
+                             atol=2e-5, rtol=1e-4)
   assert resolve_impl("auto", strides, groups=5, backend="cpu", depthwise=True) == "depth_folded"
   assert resolve_impl("auto", strides, groups=5, backend="cpu") == "native"  # grouped, not depthwise
 

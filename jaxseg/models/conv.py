@@ -136,8 +136,8 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
   native's forward + backward where depth_folded was no faster than native (`launch/bench_peers.py
   --conv_layers`, README). Depthwise ones (``depthwise``: groups = input = output channels; MedNeXt's) run
   depth_folded, which for them is a fused sum of shifted slices (``_depthwise_conv``) or, upsampling, the
-  phase split: XLA:CPU's grouped convolution was 12-80x slower. Other grouped ones run native.
-  Accelerators run every layer native (cuDNN, the TPU compiler).
+  phase split: XLA:CPU's grouped convolution was 20-37x slower forward + backward (``--conv_layers``).
+  Other grouped ones run native. Accelerators run every layer native (cuDNN, the TPU compiler).
   """
   if impl != "auto":
     return impl
@@ -229,13 +229,19 @@ def _phase_splits(spatial, kernel_size, strides, pads, dilation) -> bool:
   or up to d - 1 voxels shorter (SegResNet's kernel-3, stride-2 upsampling is exactly 2n; MedNeXt's, without
   output padding, 2n - 1): the case ``_phase_split_conv`` runs."""
   return (dilation > 1 and tuple(strides) == (1, 1, 1)
-          and all(0 <= dilation * n - _out_len(n, k, lo, hi, dilation) < dilation
+          and all(0 <= dilation * n - _out_len(n, k, lo, hi, dilation=dilation) < dilation
                   for n, k, (lo, hi) in zip(spatial, kernel_size, pads)))
 
 
-def _out_len(n: int, k: int, lo: int, hi: int, d: int) -> int:
-  """Output length of a stride-1 convolution of kernel k on n voxels dilated by d and padded by (lo, hi)."""
-  return (n - 1) * d + 1 + lo + hi - k + 1
+def _out_len(n: int, k: int, lo: int, hi: int, stride: int = 1, dilation: int = 1) -> int:
+  """Output length of a convolution of kernel k on n voxels dilated by d and padded by (lo, hi)."""
+  return ((n - 1) * dilation + 1 + lo + hi - k) // stride + 1
+
+
+def _pad_spatial(v: jax.Array, pads) -> jax.Array:
+  """v [B, X, Y, Z, C] padded with zeros per spatial axis by (low, high) or (low, high, interior); negative
+  padding crops (``lax.pad``)."""
+  return jax.lax.pad(v, jnp.zeros((), v.dtype), ((0, 0, 0), *((*p, 0)[:3] for p in pads), (0, 0, 0)))
 
 
 def _phase_taps(k: int, pad_low: int, d: int) -> tuple[int, list[list[int]]]:
@@ -271,12 +277,12 @@ def _phase_split_conv(x: jax.Array, kernel: jax.Array, pads, d: int, depthwise: 
   """
   b, *n, c = x.shape
   f = kernel.shape[-1]
-  lengths = [_out_len(m, k, lo, hi, d) for m, k, (lo, hi) in zip(n, kernel.shape[:3], pads)]
+  lengths = [_out_len(m, k, lo, hi, dilation=d) for m, k, (lo, hi) in zip(n, kernel.shape[:3], pads)]
   axes = [_phase_taps(k, lo, d) for k, (lo, _) in zip(kernel.shape[:3], pads)]
   shifts = [len(table[0]) for _, table in axes]
   # The smallest shift is never positive (phase pad_low mod d has tap 0 at shift <= 0), so shift lo + i
   # starts at i in the input padded by -lo below.
-  pad = lambda v: jnp.pad(v, ((0, 0), *((-lo, max(0, lo + s - 1)) for (lo, _), s in zip(axes, shifts)), (0, 0)))
+  pad = lambda v: _pad_spatial(v, [(-lo, max(0, lo + s - 1)) for (lo, _), s in zip(axes, shifts)])
   window = lambda v, i, j, l: jax.lax.slice(v, (0, i, j, l, 0), (b, i + n[0], j + n[1], l + n[2], v.shape[-1]))
   offsets = [(i, j, l) for i in range(shifts[0]) for j in range(shifts[1]) for l in range(shifts[2])]
   (_, tx), (_, ty), (_, tz) = axes
@@ -308,10 +314,11 @@ def _depthwise_conv(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array
   taps, with a backward pass of the same kind.
 
   Why: XLA:CPU's grouped 3D convolution ran a depthwise 3^3 layer of 32 channels on a 64^3 batch of 2 in
-  4.5 s forward and 10.8 s forward + backward, where this elementwise sum, which XLA fuses into one loop,
-  took 0.058 and 0.91 s (PyTorch 0.030 and 0.63 s; one-off timing, `jax.jit`, median of 5). MedNeXt is
-  made of such layers. Autodiff of the sum held one full-size array per tap (1.9 GB of temporaries for that
-  layer against native's 0.2 GB), so the backward pass is written out (``_depthwise_bwd``).
+  3.86 s forward and 8.79 s forward + backward, where this elementwise sum, which XLA fuses into one loop,
+  with its own backward pass takes 0.054 and 0.448 s (PyTorch 0.028 and 0.493 s; `launch/bench_peers.py
+  --conv_layers`, depthwise rows, README). MedNeXt is made of such layers. Autodiff of the sum held one
+  full-size array per tap (1.9 GB of temporaries for that layer against native's 0.2 GB), so the backward
+  pass is written out (``_depthwise_bwd``).
   """
   return _depthwise(x, kernel, tuple(strides), tuple(tuple(p) for p in pads))
 
@@ -327,14 +334,10 @@ def _shifted_sum(xp: jax.Array, kernel: jax.Array, strides, out) -> jax.Array:
   return total
 
 
-def _depthwise_out(n, k, s, pad) -> list[int]:
-  return [(m + lo + hi - kk) // ss + 1 for m, kk, ss, (lo, hi) in zip(n, k, s, pad)]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depthwise(x, kernel, strides, pads):
-  xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
-  return _shifted_sum(xp, kernel, strides, _depthwise_out(x.shape[1:4], kernel.shape[:3], strides, pads))
+  out = [_out_len(n, k, lo, hi, s) for n, k, s, (lo, hi) in zip(x.shape[1:4], kernel.shape[:3], strides, pads)]
+  return _shifted_sum(_pad_spatial(x, pads), kernel, strides, out)
 
 
 def _depthwise_fwd(x, kernel, strides, pads):
@@ -347,13 +350,12 @@ def _depthwise_bwd(strides, pads, residuals, dy):
   fused reduction each, one tap after another). Neither holds a per-tap array."""
   x, kernel = residuals
   n, k, m = x.shape[1:4], kernel.shape[:3], dy.shape[1:4]
-  zero = jnp.zeros((), dy.dtype)
   # dx[i] = sum_t dy_dilated[i + lo - t] kernel[t] = sum_u dyp[i + u] flipped[u] with dyp = dy_dilated padded
   # by k - 1 - lo below and cropped or padded above to n + k - 1 voxels.
-  dyp = jax.lax.pad(dy, zero, ((0, 0, 0), *((kk - 1 - lo, nn + lo - (mm - 1) * s - 1, s - 1)
-                                            for nn, kk, mm, s, (lo, _) in zip(n, k, m, strides, pads)), (0, 0, 0)))
+  dyp = _pad_spatial(dy, [(kk - 1 - lo, nn + lo - (mm - 1) * s - 1, s - 1)
+                           for nn, kk, mm, s, (lo, _) in zip(n, k, m, strides, pads)])
   dx = _shifted_sum(dyp, kernel[::-1, ::-1, ::-1], (1, 1, 1), n)
-  xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+  xp = _pad_spatial(x, pads)
   extent = (xp.shape[0], *((mm - 1) * s + 1 for mm, s in zip(m, strides)), xp.shape[-1])
 
   def tap(offset):  # a lax.map, one tap at a time: unrolled, XLA materialised all 27 shifted inputs at once
