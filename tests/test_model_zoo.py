@@ -357,13 +357,15 @@ def test_kernel_gradient_by_plane_and_by_tap_equal_autodiff(by_plane):
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel_size", [(3, 3, 3), (3, 1, 5)])
-def test_plane_by_plane_same_conv_equals_native_values_and_gradients(monkeypatch, kernel_size):
+@pytest.mark.parametrize("kernel_size,nx", [((3, 3, 3), 5), ((3, 1, 5), 5), ((3, 3, 3), 10)])
+def test_plane_by_plane_same_conv_equals_native_values_and_gradients(monkeypatch, kernel_size, nx):
   """The stride-1 'SAME' depth-folded convolution run plane by plane (as on large planes: the threshold set
-  to 0 here) gives native's outputs and both gradients."""
+  to 0 here) gives native's outputs and both gradients; with 10 X-planes each scan step computes 5 of them,
+  two steps per sample."""
   from jaxseg.models import conv as conv_lib
   monkeypatch.setattr(conv_lib, "_PLANE_SCAN_MIN_VOXELS", 0)
-  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 6, 3))
+  assert conv_lib._planes_per_step(nx) == 5
+  x = jax.random.normal(jax.random.key(0), (2, nx, 4, 6, 3))
   native, folded = Conv3D(4, kernel_size=kernel_size), Conv3D(4, kernel_size=kernel_size, impl="depth_folded")
   params = native.init(jax.random.key(1), x)
   np.testing.assert_allclose(np.asarray(native.apply(params, x)), np.asarray(folded.apply(params, x)),
