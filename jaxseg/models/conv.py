@@ -3,7 +3,7 @@
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, and the backward pass of a strided
 one about 50-60x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum
 of 2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
-convolutions get their own backward pass of the same kind) and "im2col" (the in-plane taps of each depth tap
+convolutions get their own backward pass of the same kind, strided ones one whose input gradient is phase-split) and "im2col" (the in-plane taps of each depth tap
 gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass). The
 default "auto" picks per layer the form measured fastest for its kind on the backend (``resolve_impl``:
 depth_folded on a CPU, where the ResEnc M train step is well over twice as fast as the native one (README,
@@ -108,6 +108,9 @@ class Conv3D(nn.Module):
     elif impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
                                                      self.groups):
       y = _depth_folded_same(x, kernel)
+    elif impl == "depth_folded" and self.groups == 1 and self.input_dilation == 1 and _strided_splits(
+        x.shape, self.kernel_size, self.strides, pads):
+      y = _depth_folded_strided(x, kernel, tuple(self.strides), tuple(tuple(p) for p in pads))
     elif impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
     elif self.groups == 1:
@@ -370,7 +373,12 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
-  """The 3D convolution as kx 2D convolutions over (Y, Z), each on shifted X-slices, summed."""
+  """The 3D convolution as kx 2D convolutions over (Y, Z), each on shifted X-slices, summed.
+
+  The (sample, X) planes are cut into _WHOLE_VOLUME_CHUNKS pieces, each with its own kx 2D convolutions: XLA:CPU
+  runs one 2D convolution on one thread but independent ones side by side (``_same_conv``), so ResEnc M's first
+  stride-2 layer (32 -> 64 channels from 64^3) runs its forward in 0.08 s instead of 0.16 s, bitwise the same.
+  """
   kx = kernel.shape[0]
   sx = strides[0]
   if dilation > 1:  # the X axis is dilated by hand; the 2D convolutions dilate (Y, Z)
@@ -379,14 +387,82 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
   x = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0)))
   b, xp, ny, nz, c = x.shape
   out_x = (xp - kx) // sx + 1
-  total = None
-  for d in range(kx):
-    sl = jax.lax.slice_in_dim(x, d, d + (out_x - 1) * sx + 1, stride=sx, axis=1)
-    y = jax.lax.conv_general_dilated(sl.reshape(b * out_x, ny, nz, c), kernel[d], strides[1:],
-                                     pads[1:], lhs_dilation=(dilation, dilation), dimension_numbers=_DIMS_2D,
-                                     feature_group_count=groups)
-    total = y if total is None else total + y
+  slices = [jax.lax.slice_in_dim(x, d, d + (out_x - 1) * sx + 1, stride=sx, axis=1).reshape(b * out_x, ny, nz, c)
+            for d in range(kx)]
+  chunks, planes = [], b * out_x
+  step = planes // _divisor_at_most(planes, _WHOLE_VOLUME_CHUNKS)
+  for start in range(0, planes, step):
+    total = None
+    for d in range(kx):
+      y = jax.lax.conv_general_dilated(slices[d][start:start + step], kernel[d], strides[1:], pads[1:],
+                                       lhs_dilation=(dilation, dilation), dimension_numbers=_DIMS_2D,
+                                       feature_group_count=groups)
+      total = y if total is None else total + y
+    chunks.append(total)
+  total = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
   return total.reshape(b, out_x, *total.shape[1:])
+
+
+def _strided_splits(shape, kernel_size, strides, pads) -> bool:
+  """Whether a strided convolution's backward pass runs as ``_depth_folded_strided``'s: the same stride on every
+  axis, large input planes (``_scans_planes``; on 16^3 and smaller inputs autodiff's was as fast or faster) and
+  an input gradient the phase split computes (the input at most stride - 1 voxels short of stride times the
+  output on every axis, as for a U-Net's kernel-3, stride-2 'SAME' downsampling)."""
+  s = strides[0]
+  return (s > 1 and len(set(strides)) == 1 and _scans_planes(shape)
+          and _phase_splits(tuple(_out_len(n, k, lo, hi, s) for n, k, (lo, hi) in zip(shape[1:4], kernel_size, pads)),
+                            kernel_size, (1, 1, 1), _transposed_pads(shape[1:4], kernel_size, s, pads), s))
+
+
+def _transposed_pads(spatial, kernel_size, s, pads):
+  """Padding of the transposed convolution that maps a strided convolution's output gradient back onto its
+  input (``spatial``): the kernel, flipped, sees the output gradient dilated by the stride."""
+  return [(k - 1 - lo, n - ((_out_len(n, k, lo, hi, s) - 1) * s + 1) - (k - 1 - lo) + k - 1)
+          for n, k, (lo, hi) in zip(spatial, kernel_size, pads)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depth_folded_strided(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """A strided depth-folded convolution with its own backward pass.
+
+  Why: autodiff's backward of the folded form runs the input gradient as an input-dilated 2D convolution,
+  3 in 4 of whose input voxels are zeros (stride 2), and the kernel gradient as XLA's weight-gradient
+  convolution. Here the input gradient is the phase-split transposed convolution (``_phase_split_conv``: no
+  zeros multiplied) of the output gradient with the flipped kernel, and the kernel gradient one matrix product
+  per tap of the strided input and the output gradient (a lax.map, one strided copy alive at a time): for
+  ResEnc M's first stride-2 layer (32 -> 64 channels from 64^3, batch 2) 0.15 + 0.12 s against autodiff's
+  0.38 s, gradients equal to rounding (README, "Speed and memory"; tests/test_model_zoo.py).
+  """
+  return _depth_folded_conv(x, kernel, strides, pads)
+
+
+def _depth_folded_strided_fwd(x, kernel, strides, pads):
+  return _depth_folded_conv(x, kernel, strides, pads), (x, kernel)
+
+
+def _depth_folded_strided_bwd(strides, pads, residuals, dy):
+  x, kernel = residuals
+  s = strides[0]
+  dy = dy.astype(x.dtype)
+  flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
+  dx = _phase_split_conv(dy, flipped, _transposed_pads(x.shape[1:4], kernel.shape[:3], s, pads), s)
+  b, c, f = x.shape[0], x.shape[-1], dy.shape[-1]
+  span = [(n - 1) * s + 1 for n in dy.shape[1:4]]
+  xp = _pad_spatial(x, pads)
+  rows = dy.reshape(-1, f)
+
+  def tap(offset):  # one strided copy of the input alive at a time
+    window = jax.lax.dynamic_slice(xp, (0, *offset, 0), (b, *span, c))[:, ::s, ::s, ::s]
+    return jax.lax.dot_general(window.reshape(-1, c), rows, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+  kx, ky, kz = kernel.shape[:3]
+  offsets = jnp.array([(i, j, l) for i in range(kx) for j in range(ky) for l in range(kz)], jnp.int32)
+  dkernel = jax.lax.map(tap, offsets).reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), dkernel
+
+
+_depth_folded_strided.defvjp(_depth_folded_strided_fwd, _depth_folded_strided_bwd)
 
 
 # Smallest (Y, Z) plane, in voxels, that the stride-1 'SAME' depth-folded convolution and its kernel gradient
@@ -394,14 +470,18 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
 _PLANE_SCAN_MIN_VOXELS = 1024
 
 
+# Pieces the whole-volume depth-folded convolution cuts its planes into, each with its own 2D convolutions (4 and
+# 8 measured alike, 2 slower, on ResEnc M's stride-2 layers at 64^3 and 32^3).
+_WHOLE_VOLUME_CHUNKS = 4
+
 # Output planes per scan step of _same_conv: enough independent 2D convolutions in one loop body for XLA:CPU
 # to run them side by side (8 measured fastest of 2, 4, 8, 16, 32 at 32 channels on 64^3 and 64 on 32^3).
 _PLANES_PER_STEP = 8
 
 
-def _planes_per_step(planes: int) -> int:
-  """The largest divisor of a volume's number of X-planes that is at most _PLANES_PER_STEP."""
-  return max(p for p in range(1, _PLANES_PER_STEP + 1) if planes % p == 0)
+def _divisor_at_most(n: int, most: int) -> int:
+  """The largest divisor of n that is at most ``most``."""
+  return max(p for p in range(1, most + 1) if n % p == 0)
 
 
 def _scans_planes(shape) -> bool:
@@ -451,7 +531,7 @@ def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _depth_folded_conv(x, kernel, (1, 1, 1), pads)
   kx = kernel.shape[0]
   xp = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0)))
-  per_step = _planes_per_step(nx)
+  per_step = _divisor_at_most(nx, _PLANES_PER_STEP)
 
   def step(carry, index):
     sample, row = index // (nx // per_step), index % (nx // per_step) * per_step
