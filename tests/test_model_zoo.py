@@ -312,22 +312,22 @@ def test_depthwise_conv_is_a_sum_of_shifted_slices_equal_to_native(strides, kern
     ((2, 8, 8, 6, 3), (2, 2, 2), (3, 3, 3), True),
     ((2, 7, 9, 5, 3), (2, 2, 2), (3, 3, 3), True),
     ((1, 9, 6, 7, 3), (3, 3, 3), (3, 1, 5), True),
-    ((2, 8, 8, 6, 3), (1, 2, 2), (3, 3, 3), False),
-], ids=["even", "odd", "stride3_anisotropic_kernel", "anisotropic_strides"])
+    ((2, 8, 8, 6, 3), (1, 2, 2), (3, 3, 3), True),
+    ((2, 8, 8, 6, 3), (1, 1, 1), (3, 3, 3), False),
+], ids=["even", "odd", "stride3_anisotropic_kernel", "anisotropic_strides", "stride1"])
 def test_strided_depth_folded_conv_backward_equals_native(monkeypatch, shape, strides, kernel_size, own):
-  """A strided depth-folded convolution with large planes (the threshold set to 0 here) runs its own backward
-  pass (``_depth_folded_strided``: the phase-split input gradient, the kernel gradient tap by tap) where the
-  stride is the same on every axis, and autodiff's otherwise; either way outputs and both gradients equal
-  native's."""
+  """A strided depth-folded convolution with large planes (the threshold set to 0 here) runs its own kernel
+  gradient (``_depth_folded_strided``: one product per tap), with any strides; outputs and both gradients
+  equal native's. A stride-1 layer does not take that path."""
   from jaxseg.models import conv as conv_lib
   monkeypatch.setattr(conv_lib, "_PLANE_SCAN_MIN_VOXELS", 0)
   x = jax.random.normal(jax.random.key(0), shape)
   native = Conv3D(4, kernel_size, strides=strides)
   folded = Conv3D(4, kernel_size, strides=strides, impl="depth_folded")
   params = native.init(jax.random.key(1), x)
-  pads = [conv_lib._strided_pad(k, s) for k, s in zip(kernel_size, strides)]
-  assert conv_lib._strided_splits(x.shape, kernel_size, strides, pads) == own
-  assert ("custom_vjp" in str(jax.make_jaxpr(folded.apply)(params, x))) == own
+  assert conv_lib._strided_own_backward(x.shape, strides) == own
+  jaxpr = str(jax.make_jaxpr(folded.apply)(params, x))
+  assert ("_depth_folded_strided" in jaxpr) == own
   _assert_same_loss_and_gradients(native, folded, params, x)
   np.testing.assert_allclose(np.asarray(jax.jit(folded.apply)(params, x)), np.asarray(native.apply(params, x)),
                              atol=2e-5, rtol=1e-4)

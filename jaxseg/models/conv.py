@@ -3,7 +3,7 @@
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, and the backward pass of a strided
 one about 50-60x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum
 of 2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
-convolutions get their own backward pass of the same kind, strided ones one whose input gradient is phase-split) and "im2col" (the in-plane taps of each depth tap
+convolutions get their own backward pass of the same kind, strided ones their own kernel gradient) and "im2col" (the in-plane taps of each depth tap
 gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass). The
 default "auto" picks per layer the form measured fastest for its kind on the backend (``resolve_impl``:
 depth_folded on a CPU, where the ResEnc M train step is well over twice as fast as the native one (README,
@@ -108,8 +108,8 @@ class Conv3D(nn.Module):
     elif impl == "depth_folded" and _plain_same(self.kernel_size, self.strides, pads, self.input_dilation,
                                                      self.groups):
       y = _depth_folded_same(x, kernel)
-    elif impl == "depth_folded" and self.groups == 1 and self.input_dilation == 1 and _strided_splits(
-        x.shape, self.kernel_size, self.strides, pads):
+    elif impl == "depth_folded" and self.groups == 1 and self.input_dilation == 1 and _strided_own_backward(
+        x.shape, self.strides):
       y = _depth_folded_strided(x, kernel, tuple(self.strides), tuple(tuple(p) for p in pads))
     elif impl == "depth_folded":
       y = _depth_folded_conv(x, kernel, self.strides, pads, self.input_dilation, self.groups)
@@ -403,35 +403,22 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
   return total.reshape(b, out_x, *total.shape[1:])
 
 
-def _strided_splits(shape, kernel_size, strides, pads) -> bool:
-  """Whether a strided convolution's backward pass runs as ``_depth_folded_strided``'s: the same stride on every
-  axis, large input planes (``_scans_planes``; on 16^3 and smaller inputs autodiff's was as fast or faster) and
-  an input gradient the phase split computes (the input at most stride - 1 voxels short of stride times the
-  output on every axis, as for a U-Net's kernel-3, stride-2 'SAME' downsampling)."""
-  s = strides[0]
-  return (s > 1 and len(set(strides)) == 1 and _scans_planes(shape)
-          and _phase_splits(tuple(_out_len(n, k, lo, hi, s) for n, k, (lo, hi) in zip(shape[1:4], kernel_size, pads)),
-                            kernel_size, (1, 1, 1), _transposed_pads(shape[1:4], kernel_size, s, pads), s))
-
-
-def _transposed_pads(spatial, kernel_size, s, pads):
-  """Padding of the transposed convolution that maps a strided convolution's output gradient back onto its
-  input (``spatial``): the kernel, flipped, sees the output gradient dilated by the stride."""
-  return [(k - 1 - lo, n - ((_out_len(n, k, lo, hi, s) - 1) * s + 1) - (k - 1 - lo) + k - 1)
-          for n, k, (lo, hi) in zip(spatial, kernel_size, pads)]
+def _strided_own_backward(shape, strides) -> bool:
+  """Whether a strided depth-folded convolution runs ``_depth_folded_strided``'s backward pass: on large input
+  planes (``_scans_planes``); on 16^3 and smaller inputs autodiff's was as fast."""
+  return max(strides) > 1 and _scans_planes(shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depth_folded_strided(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
-  """A strided depth-folded convolution with its own backward pass.
+  """A strided depth-folded convolution whose kernel gradient is one matrix product per tap.
 
-  Why: autodiff's backward of the folded form runs the input gradient as an input-dilated 2D convolution,
-  3 in 4 of whose input voxels are zeros (stride 2), and the kernel gradient as XLA's weight-gradient
-  convolution. Here the input gradient is the phase-split transposed convolution (``_phase_split_conv``: no
-  zeros multiplied) of the output gradient with the flipped kernel, and the kernel gradient one matrix product
-  per tap of the strided input and the output gradient (a lax.map, one strided copy alive at a time): for
-  ResEnc M's first stride-2 layer (32 -> 64 channels from 64^3, batch 2) 0.15 + 0.12 s against autodiff's
-  0.38 s, gradients equal to rounding (README, "Speed and memory"; tests/test_model_zoo.py).
+  Why: autodiff's kernel gradient of the folded form is XLA's weight-gradient 2D convolution; one product per
+  tap of the strided input and the output gradient (a lax.map, one strided copy alive at a time) took 0.12
+  against 0.22 s for ResEnc M's first stride-2 layer (32 -> 64 channels from 64^3, batch 2) and the same time
+  from 32^3. The input gradient stays autodiff's (the chunked 2D convolutions' transposes: 0.14 s there, where
+  a phase-split transposed convolution of the output gradient took 0.16 s). One-off timings; the layer's
+  forward + backward is the ``--conv_layers`` "down" row (README, "Speed and memory").
   """
   return _depth_folded_conv(x, kernel, strides, pads)
 
@@ -442,17 +429,15 @@ def _depth_folded_strided_fwd(x, kernel, strides, pads):
 
 def _depth_folded_strided_bwd(strides, pads, residuals, dy):
   x, kernel = residuals
-  s = strides[0]
   dy = dy.astype(x.dtype)
-  flipped = jnp.swapaxes(kernel[::-1, ::-1, ::-1], 3, 4)
-  dx = _phase_split_conv(dy, flipped, _transposed_pads(x.shape[1:4], kernel.shape[:3], s, pads), s)
+  dx = jax.vjp(lambda v: _depth_folded_conv(v, kernel, strides, pads), x)[1](dy)[0]
   b, c, f = x.shape[0], x.shape[-1], dy.shape[-1]
-  span = [(n - 1) * s + 1 for n in dy.shape[1:4]]
+  span = [(n - 1) * s + 1 for n, s in zip(dy.shape[1:4], strides)]
   xp = _pad_spatial(x, pads)
   rows = dy.reshape(-1, f)
 
   def tap(offset):  # one strided copy of the input alive at a time
-    window = jax.lax.dynamic_slice(xp, (0, *offset, 0), (b, *span, c))[:, ::s, ::s, ::s]
+    window = jax.lax.dynamic_slice(xp, (0, *offset, 0), (b, *span, c))[:, ::strides[0], ::strides[1], ::strides[2]]
     return jax.lax.dot_general(window.reshape(-1, c), rows, (((0,), (0,)), ((), ())),
                                preferred_element_type=jnp.float32)
 
