@@ -3,13 +3,13 @@
 XLA's CPU backend runs 3D convolutions at a fraction of its matmul speed, and the backward pass of a strided
 one about 50-60x slower than its forward, so two rewrites exist beside the native form: "depth_folded" (a sum
 of 2D convolutions over the kernel's first axis, which XLA:CPU runs through YNNPACK; stride-1 'SAME'
-convolutions get their own backward pass of the same kind, strided ones their own kernel gradient) and "im2col" (the in-plane taps of each depth tap
-gathered into channels, kx matrix products; the gathered columns are recomputed in the backward pass). The
-default "auto" picks per layer the form measured fastest for its kind on the backend (``resolve_impl``:
-depth_folded on a CPU, where the ResEnc M train step is well over twice as fast as the native one (README,
-"Speed and memory"); native on accelerators). All forms use the same ``kernel`` parameter of shape
-``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a checkpoint trained with one runs with
-the others.
+convolutions get their own backward pass of the same kind, strided ones their own kernel gradient) and
+"im2col" (the in-plane taps of each depth tap gathered into channels, kx matrix products; the gathered columns
+are recomputed in the backward pass). The default "auto" picks per layer the form measured fastest for its
+kind on the backend (``resolve_impl``: depth_folded on a CPU, where the ResEnc M train step is well over twice
+as fast as the native one (README, "Speed and memory"); native on accelerators). All forms use the same
+``kernel`` parameter of shape ``[kx, ky, kz, C_in, C_out]`` (the layout of ``flax.linen.Conv``), so a
+checkpoint trained with one runs with the others.
 ``UpConv3D`` is the kernel-2, stride-2 transposed convolution of U-Net decoders as one matrix product, in
 every form; other transposed convolutions whose output is d times the input (SegResNet's kernel-3, stride-2
 upsampling, an input-dilated Conv3D) run on the undilated input, phase by phase, in both rewritten forms
@@ -132,15 +132,17 @@ def resolve_impl(impl: str, strides=(1, 1, 1), input_dilation: int = 1, groups: 
   On a CPU backend (README, "Speed and memory": per-layer and whole-step figures): ungrouped convolutions run
   depth_folded, whose 2D convolutions XLA:CPU hands to YNNPACK and whose stride-1 backward pass is its own
   (``_depth_folded_same``): the ResEnc M train step was 2.2x native's at commit 8792485, before the
-  plane-by-plane scans (``_same_conv``, ``_kernel_gradient``). Strided layers stay depth_folded: im2col's
-  faster strided backward did not show in the whole step (two A/Bs). Input-dilated ones run im2col: a
-  transposed convolution whose output is d times its input (SegResNet's upsampling) is the phase split in
-  either rewritten form (``_phase_split_conv``), and for other input-dilated layers im2col was 3.5-5.5x
-  native's forward + backward where depth_folded was no faster than native (`launch/bench_peers.py
-  --conv_layers`, README). Depthwise ones (``depthwise``: groups = input = output channels; MedNeXt's) run
-  depth_folded, which for them is a fused sum of shifted slices (``_depthwise_conv``) or, upsampling, the
-  phase split: XLA:CPU's grouped convolution was 20-37x slower forward + backward (``--conv_layers``).
-  Other grouped ones run native. Accelerators run every layer native (cuDNN, the TPU compiler).
+  plane-by-plane scans (``_same_conv``, ``_kernel_gradient``). Strided layers stay depth_folded: im2col's then
+  faster strided backward did not show in the whole step (two A/Bs), and with its own kernel gradient
+  (``_depth_folded_strided``) depth_folded is at least as fast per layer (``--conv_layers``, "down" rows).
+  Input-dilated ones run im2col: a transposed convolution whose output is d times its input (SegResNet's
+  upsampling) is the phase split in either rewritten form (``_phase_split_conv``), and for other input-dilated
+  layers im2col was 3.5-5.5x native's forward + backward where depth_folded was no faster than native
+  (`launch/bench_peers.py --conv_layers`, README). Depthwise ones (``depthwise``: groups = input = output
+  channels; MedNeXt's) run depth_folded, which for them is a fused sum of shifted slices (``_depthwise_conv``)
+  or, upsampling, the phase split: XLA:CPU's grouped convolution was 20-37x slower forward + backward
+  (``--conv_layers``). Other grouped ones run native. Accelerators run every layer native (cuDNN, the TPU
+  compiler).
   """
   if impl != "auto":
     return impl
