@@ -374,12 +374,14 @@ def _depthwise_bwd(strides, pads, residuals, dy):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
+def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1, chunks=1):
   """The 3D convolution as kx 2D convolutions over (Y, Z), each on shifted X-slices, summed.
 
-  The (sample, X) planes are cut into _WHOLE_VOLUME_CHUNKS pieces, each with its own kx 2D convolutions: XLA:CPU
-  runs one 2D convolution on one thread but independent ones side by side (``_same_conv``), so ResEnc M's first
-  stride-2 layer (32 -> 64 channels from 64^3) runs its forward in 0.08 s instead of 0.16 s, bitwise the same.
+  ``chunks`` > 1 cuts the (sample, X) planes into that many pieces (a divisor of their number), each with its
+  own kx 2D convolutions: XLA:CPU runs one 2D convolution on one thread but independent ones side by side
+  (``_same_conv``), so ResEnc M's first stride-2 layer (32 -> 64 channels from 64^3) runs its forward in 0.08 s
+  instead of 0.16 s, bitwise the same. Only strided layers on large planes do (``_depth_folded_strided``): on
+  small planes the pieces gained nothing alone and cost SegResNetDS's 32^3 train step about a fifth.
   """
   kx = kernel.shape[0]
   sx = strides[0]
@@ -391,8 +393,8 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
   out_x = (xp - kx) // sx + 1
   slices = [jax.lax.slice_in_dim(x, d, d + (out_x - 1) * sx + 1, stride=sx, axis=1).reshape(b * out_x, ny, nz, c)
             for d in range(kx)]
-  chunks, planes = [], b * out_x
-  step = planes // _divisor_at_most(planes, _WHOLE_VOLUME_CHUNKS)
+  pieces, planes = [], b * out_x
+  step = planes // _divisor_at_most(planes, chunks)
   for start in range(0, planes, step):
     total = None
     for d in range(kx):
@@ -400,8 +402,8 @@ def _depth_folded_conv(x, kernel, strides, pads, dilation=1, groups=1):
                                        lhs_dilation=(dilation, dilation), dimension_numbers=_DIMS_2D,
                                        feature_group_count=groups)
       total = y if total is None else total + y
-    chunks.append(total)
-  total = chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks)
+    pieces.append(total)
+  total = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
   return total.reshape(b, out_x, *total.shape[1:])
 
 
@@ -413,7 +415,8 @@ def _strided_own_backward(shape, strides) -> bool:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depth_folded_strided(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
-  """A strided depth-folded convolution whose kernel gradient is one matrix product per tap.
+  """A strided depth-folded convolution on large planes: its planes in pieces side by side
+  (``_depth_folded_conv``'s ``chunks``), its kernel gradient one matrix product per tap.
 
   Why: autodiff's kernel gradient of the folded form is XLA's weight-gradient 2D convolution; one product per
   tap of the strided input and the output gradient (a lax.map, one strided copy alive at a time) took 0.12
@@ -422,17 +425,18 @@ def _depth_folded_strided(x: jax.Array, kernel: jax.Array, strides, pads) -> jax
   a phase-split transposed convolution of the output gradient took 0.16 s). One-off timings; the layer's
   forward + backward is the ``--conv_layers`` "down" row (README, "Speed and memory").
   """
-  return _depth_folded_conv(x, kernel, strides, pads)
+  return _depth_folded_conv(x, kernel, strides, pads, chunks=_WHOLE_VOLUME_CHUNKS)
 
 
 def _depth_folded_strided_fwd(x, kernel, strides, pads):
-  return _depth_folded_conv(x, kernel, strides, pads), (x, kernel)
+  return _depth_folded_conv(x, kernel, strides, pads, chunks=_WHOLE_VOLUME_CHUNKS), (x, kernel)
 
 
 def _depth_folded_strided_bwd(strides, pads, residuals, dy):
   x, kernel = residuals
   dy = dy.astype(x.dtype)
-  dx = jax.vjp(lambda v: _depth_folded_conv(v, kernel, strides, pads), x)[1](dy)[0]
+  chunked = lambda v: _depth_folded_conv(v, kernel, strides, pads, chunks=_WHOLE_VOLUME_CHUNKS)
+  dx = jax.vjp(chunked, x)[1](dy)[0]
   b, c, f = x.shape[0], x.shape[-1], dy.shape[-1]
   span = [(n - 1) * s + 1 for n, s in zip(dy.shape[1:4], strides)]
   xp = _pad_spatial(x, pads)
@@ -457,8 +461,8 @@ _depth_folded_strided.defvjp(_depth_folded_strided_fwd, _depth_folded_strided_bw
 _PLANE_SCAN_MIN_VOXELS = 1024
 
 
-# Pieces the whole-volume depth-folded convolution cuts its planes into, each with its own 2D convolutions (4 and
-# 8 measured alike, 2 slower, on ResEnc M's stride-2 layers at 64^3 and 32^3).
+# Pieces a strided depth-folded convolution on large planes cuts its planes into, each with its own 2D
+# convolutions (4 and 8 measured alike, 2 slower, on ResEnc M's stride-2 layers at 64^3 and 32^3).
 _WHOLE_VOLUME_CHUNKS = 4
 
 # Output planes per scan step of _same_conv: enough independent 2D convolutions in one loop body for XLA:CPU
