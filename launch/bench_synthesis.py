@@ -4,6 +4,8 @@
   python launch/bench_synthesis.py --size=tiny --patch=96 --texture=bank     # the device texture bank
   python launch/bench_synthesis.py --organ=liver --size=tiny --patch=96 --profile [--mode=reference]
   python launch/bench_synthesis.py --against=/tmp/base --patch=96 [--mode=reference] [--texture=bank]   # A/B
+      [--against_texture=bank]
+  python launch/bench_synthesis.py --forms     # two forms each of the separable blur and the erosion, alternated
 
 The output also carries the published generator's per-call time for the class (published_ms_96, measured
 on a 2-core machine at 96^3, 1 mm, textures prebuilt), the figure a speed-up claim must be stated against.
@@ -38,6 +40,11 @@ _SIZES = flags.DEFINE_list("sizes", ["tiny", "small", "medium", "large", "mix"],
 _ROUNDS = flags.DEFINE_integer("rounds", 30, "With --against: alternated rounds per size class.")
 _TEXTURE = flags.DEFINE_enum("texture", "field", ["field", "bank"],
                              "Texture source (config.synth.texture): per-sample field or the device bank.")
+_AGAINST_TEXTURE = flags.DEFINE_enum("against_texture", "field", ["field", "bank"],
+                                     "With --against: the other checkout's texture source.")
+_FORMS = flags.DEFINE_bool("forms", False, "Instead: ops.apply_separable against ops.blur_separable on the "
+                           "synthesizer's blur sizes, and the erosion's two forms, alternated for --rounds rounds "
+                           "(bench.separable_forms, bench.morphology_forms).")
 _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
                           "Synthesis mode (docs/SYNTHESIS.md; realistic ignores --size).")
 
@@ -47,7 +54,12 @@ def main(argv):
   try:
     if _AGAINST.value:
       for row in bench.compare_checkouts(_AGAINST.value, _SIZES.value, _PATCH.value, _ROUNDS.value, _ORGAN.value,
-                                         _MODE.value, texture=_TEXTURE.value):
+                                         _MODE.value, texture=_TEXTURE.value,
+                                         other_texture=_AGAINST_TEXTURE.value):
+        print(json.dumps(row))
+      return
+    if _FORMS.value:
+      for row in bench.separable_forms(rounds=_ROUNDS.value) + bench.morphology_forms(rounds=_ROUNDS.value):
         print(json.dumps(row))
       return
     if _PROFILE.value:

@@ -161,17 +161,20 @@ def test_centre_candidates_equal_the_numpy_rule_including_fallbacks():
 
 @pytest.mark.parametrize("erode", [True, False])
 def test_box_morphology_equals_scipy(erode):
-  """The window-sum erosion/dilation equals scipy's with the same box (radius cut to rmax, <= 0 a no-op,
-  the border not eroding), on random masks with radii 0, past rmax and on a single-voxel axis; on an axis of
+  """Both forms of the erosion/dilation equal scipy's with the same box (radius cut to rmax, <= 0 a no-op,
+  the border not eroding): shifted reads (rmax <= ops._SHIFTED_READS_UP_TO) on random masks with radii 0,
+  past rmax and on a single-voxel axis; window sums of a scan at rmax 7 just past the switch, on an axis of
   1,200 voxels, whose running counts wrap in the uint8 scan, and with rmax 130, counted in int32."""
   from scipy import ndimage
   rng = np.random.default_rng(3)
   for shape, rmax, radius in (((17, 12, 9), (3, 3, 0), (2, 5, 4)), ((9, 20, 1), (4, 0, 2), (-1, 3, 2)),
-                              ((24, 24, 16), (6, 6, 6), (6, 1, 3)), ((1200, 7, 5), (5, 0, 0), (4, 0, 0)),
-                              ((300, 4, 3), (130, 0, 0), (129, 0, 0))):
+                              ((24, 24, 16), (6, 6, 6), (6, 1, 3)), ((40, 30, 8), (7, 7, 0), (7, 2, 0)),
+                              ((1200, 7, 5), (20, 0, 0), (3, 0, 0)), ((300, 4, 3), (130, 0, 0), (129, 0, 0))):
     m = ndimage.binary_dilation(rng.random(shape) < 0.08, iterations=2)
     if shape[0] == 1200:
-      m = rng.random(shape) < 0.3     # no structure to hide a wrong count: one axis, 30% set, 70% unset
+      # No structure to hide a wrong count; the voxels that decide (unset ones for erosion, set for dilation)
+      # number about 300 per line, so the uint8 running counts wrap.
+      m = rng.random(shape) < (0.75 if erode else 0.3)
     if erode and max(rmax) > 100:
       m = rng.random(shape) < 0.998   # mostly set, or a 259-voxel erosion leaves nothing to compare
     got = np.asarray(jax.jit(lambda a, r: ops.box_morphology(a, r, rmax, erode))(m, np.asarray(radius, np.int32)))
@@ -540,5 +543,17 @@ def test_compare_checkouts_times_two_versions_in_one_process(tmp_path):
     bench.compare_checkouts(root, ["tiny"], patch=32, rounds=1, mode="realistic")
   assert row["same_masks"] and row["rounds"] == 2 and row["this_ms"] > 0 and row["other_ms"] > 0
   assert np.isfinite(row["ratio_this_over_other"]) and row["published_ms_96"] == 16.0
+  (row,) = bench.compare_checkouts(root, ["tiny"], patch=32, rounds=2, texture="bank", other_texture="bank")
+  assert row["same_masks"] and row["texture"] == row["other_texture"] == "bank"
   with pytest.raises(ValueError, match="is not a jaxseg checkout"):
     bench.load_checkout(str(tmp_path))
+
+
+def test_forms_benchmark_compares_equal_results():
+  """``bench_synthesis.py --forms``: both separable-blur forms agree to float rounding and both erosion forms
+  give the same mask, with a timing and ratio for each."""
+  from jaxseg.synth import bench
+  (sep,) = bench.separable_forms(pairs=((5, 7),), rounds=2)
+  assert sep["max_rel_diff"] < 1e-5 and sep["apply_separable_ms"] > 0 and np.isfinite(sep["ratio_blur_over_apply"])
+  (ero,) = bench.morphology_forms(rmaxes=((2, 2, 0),), patch=24, rounds=2)
+  assert ero["same_masks"] and ero["scan_ms"] > 0 and ero["shifts_ms"] > 0

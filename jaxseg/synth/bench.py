@@ -96,12 +96,14 @@ def benchmark(organ: str, size: str | None, patch: int, batch: int, spacing_mm: 
           "speedup": round(np_ms / (jax_ms / batch), 2), "texture": texture, "bank_build_s": bank_s}
 
 
-def _bank_for(spec: spec_lib.ProfileSpec, shape: tuple[int, ...], spacing, seed: int):
-  """(the device texture bank for ``spec`` on ``shape`` patches, seconds to build it), or (None, None)."""
+def _bank_for(spec: spec_lib.ProfileSpec, shape: tuple[int, ...], spacing, seed: int, bank_mod=device_bank):
+  """(the device texture bank for ``spec`` on ``shape`` patches, seconds to build it), or (None, None).
+
+  ``bank_mod``: the device_bank module that builds it (another checkout's, in ``compare_checkouts``)."""
   if spec.texture_source != "bank":
     return None, None
   t0 = time.perf_counter()
-  bank = jax.block_until_ready(device_bank.build(jax.random.key(seed), spec, shape, spacing))
+  bank = jax.block_until_ready(bank_mod.build(jax.random.key(seed), spec, shape, spacing))
   return bank, round(time.perf_counter() - t0, 2)
 
 
@@ -181,6 +183,80 @@ def profile_steps(organ: str, size: str, patch: int, mode: str = "patch", repeat
   return row
 
 
+def morphology_forms(rmaxes: tuple[tuple[int, int, int], ...] = ((2, 2, 0), (4, 4, 0), (6, 6, 6)),
+                     patch: int = 96, rounds: int = 30, seed: int = 0) -> list[dict]:
+  """The two forms of ops.box_morphology's erosion (shifted reads, a scan's window sums), alternated.
+
+  On the phantom organ mask of a ``patch``^3 patch, each axis with rmax > 0 eroded at radius min(2, rmax)
+  (the liver candidates' 2 mm at 1 mm; rmax 4 is that erosion's maximum at 0.5 mm). Reported: medians, the
+  median per-round ratio shifts / scan with its 10th-90th percentiles, and whether the masks agree.
+  """
+  mask = jnp.asarray(phantom_patch(patch, seed)[1])
+  rows = []
+  for rmax in rmaxes:
+    radius = jnp.asarray([min(2, r) for r in rmax], jnp.int32)
+
+    def form(one_axis, rmax=rmax):
+      def run(m, radius):
+        for axis, rm in enumerate(rmax):
+          if rm > 0:
+            m = one_axis(m, jnp.clip(radius[axis], 0, rm), rm, axis, True)
+        return m
+      return jax.jit(run).lower(mask, radius).compile()
+
+    fns = [form(ops._morphology_by_scan), form(ops._morphology_by_shifts)]  # pylint: disable=protected-access
+    outs = [np.asarray(f(mask, radius)) for f in fns]
+    times = _alternate(fns, (mask, radius), rounds)
+    rows.append(dict({"form": "erosion", "rmax": list(rmax), "patch": patch, "rounds": rounds,
+                      "same_masks": bool((outs[0] == outs[1]).all())},
+                     **_ratio_row(times, ("scan_ms", "shifts_ms"), "ratio_shifts_over_scan")))
+  return rows
+
+
+def _alternate(fns, args, rounds: int) -> list[list[float]]:
+  """Per-call seconds of each compiled ``fns[i](*args)``, one call of each per round, in alternating order."""
+  for f in fns:
+    jax.block_until_ready(f(*args))
+  times = [[] for _ in fns]
+  for r in range(rounds):
+    for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fns[i](*args))
+      times[i].append(time.perf_counter() - t0)
+  return times
+
+
+def _ratio_row(times, names: tuple[str, str], ratio_name: str) -> dict:
+  ratio = np.asarray(times[1]) / np.asarray(times[0])
+  return {names[0]: round(1e3 * float(np.median(times[0])), 3), names[1]: round(1e3 * float(np.median(times[1])), 3),
+          ratio_name: round(float(np.median(ratio)), 3),
+          "ratio_p10_p90": [round(float(x), 3) for x in np.percentile(ratio, [10, 90])]}
+
+
+def separable_forms(pairs: tuple[tuple[int, int], ...] = ((19, 35), (35, 51), (48, 96), (96, 96)),
+                    rounds: int = 30, seed: int = 0) -> list[dict]:
+  """ops.apply_separable (einsums) against ops.blur_separable (transpose-free products), alternated.
+
+  For each (n_in, n_out): a random [n_in]^3 field and three [n_out, n_in] matrices (a box's edge blur is
+  19^3 -> 35^3 for tiny tumours and 35^3 -> 51^3 for small ones at 1 mm, the texture's coarse-to-fine blur
+  48^3 -> 96^3, the whole-patch blur 96^3 -> 96^3). Each round times one call of each; reported: medians,
+  the median per-round ratio blur / apply with its 10th-90th percentiles, and the largest difference
+  relative to the largest value.
+  """
+  rng = np.random.default_rng(seed)
+  rows = []
+  for n_in, n_out in pairs:
+    v = jnp.asarray(rng.random((n_in,) * 3, np.float32))
+    mats = [jnp.asarray(rng.random((n_out, n_in), np.float32)) for _ in range(3)]
+    fns = [jax.jit(f).lower(v, *mats).compile() for f in (ops.apply_separable, ops.blur_separable)]
+    outs = [f(v, *mats) for f in fns]
+    times = _alternate(fns, (v, *mats), rounds)
+    rows.append(dict({"form": "separable", "n_in": n_in, "n_out": n_out, "rounds": rounds,
+                      "max_rel_diff": float(jnp.max(jnp.abs(outs[0] - outs[1])) / jnp.max(jnp.abs(outs[0])))},
+                     **_ratio_row(times, ("apply_separable_ms", "blur_separable_ms"), "ratio_blur_over_apply")))
+  return rows
+
+
 def load_checkout(root: str):
   """The synthesizer, spec and profiles modules of another jaxseg checkout (``git worktree add /tmp/base main``),
   importable beside this one: its package is copied under a fresh name with its own imports renamed, so
@@ -210,15 +286,20 @@ def load_checkout(root: str):
         with open(path, "w") as f:
           f.write(re.sub(r"\bjaxseg(?=[. ])", alias, text))
   sys.path.insert(0, tmp)
-  return tuple(importlib.import_module(f"{alias}.synth.{m}") for m in ("synthesizer", "spec", "profiles"))
+  mods = tuple(importlib.import_module(f"{alias}.synth.{m}") for m in ("synthesizer", "spec", "profiles"))
+  # The device texture bank (from commit 5429e47 on), so a bank on both sides is each side's own.
+  has_bank = os.path.isfile(os.path.join(dst, "synth", "device_bank.py"))
+  return mods + (importlib.import_module(f"{alias}.synth.device_bank") if has_bank else None,)
 
 
 def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int = 30, organ: str = "liver",
-                      mode: str = "patch", seed: int = 0, texture: str = "field") -> list[dict]:
+                      mode: str = "patch", seed: int = 0, texture: str = "field", other_texture: str = "field"
+                      ) -> list[dict]:
   """Draw and render of one patch per call, this checkout against the one at ``root``, alternated.
 
-  ``texture``: this checkout's config.synth.texture (the other side keeps its default); with "bank" the bank
-  is built before the rounds and passed to each call, and the masks must still agree.
+  ``texture``, ``other_texture``: config.synth.texture on this side and on the other; with "bank" each side
+  builds its bank with its own code before the rounds and passes it to each call, and the masks must still
+  agree.
 
   Each round times one call of each (fresh keys, the same for both), so load drift on a shared machine hits
   both; reported: each side's median ms and the median of the per-round ratios (this / other) with its
@@ -226,7 +307,9 @@ def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int 
   """
   if mode not in ("patch", "reference"):
     raise ValueError(f"--mode: {mode!r} with --against; draw + render are compared in patch and reference mode")
-  other_sy, other_spec, other_profiles = load_checkout(root)
+  other_sy, other_spec, other_profiles, other_bank = load_checkout(root)
+  if other_texture == "bank" and other_bank is None:
+    raise ValueError(f"--against_texture=bank: {root} has no device texture bank (jaxseg/synth/device_bank.py)")
   image, mask = (jnp.asarray(a) for a in phantom_patch(patch, seed))
   spacing = jnp.ones((3,), jnp.float32)
   shape = (patch,) * 3
@@ -234,17 +317,18 @@ def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int 
   for size in sizes:
     fns = []
     # Each side with its own profiles and spec: a change to a profile's defaults is part of what is compared.
-    for mod, spec_mod, prof_mod in ((sy, spec_lib, None), (other_sy, other_spec, other_profiles)):
+    for mod, spec_mod, prof_mod, bank_mod, tex in ((sy, spec_lib, None, device_bank, texture),
+                                                   (other_sy, other_spec, other_profiles, other_bank, other_texture)):
       profiles = (prof_mod.default_profiles_config if prof_mod else default_profiles_config)()
       spec = spec_mod.make_spec(profiles[organ], name=organ, size_class=size, mode=mode,
-                                **({"texture": texture} if mod is sy else {}))
+                                **({"texture": tex} if tex != "field" else {}))
       kw = {}
       if mode == "reference":
         m = np.asarray(mask).astype(np.uint8)
         c, o = placement.draw_sites(m, np.argwhere(m), 1, np.ones(3, np.float32), spec,
                                     np.random.default_rng(seed))
         kw = dict(centers=jnp.asarray(c), center_ok=jnp.asarray(o))
-      bank = _bank_for(spec, shape, np.ones(3, np.float32), seed)[0] if mod is sy else None
+      bank = _bank_for(spec, shape, np.ones(3, np.float32), seed, bank_mod)[0] if tex == "bank" else None
       if bank is not None:
         kw["bank"] = bank
       # The patch and the bank are arguments, not constants the compiler could fold (the candidates of a
@@ -264,7 +348,8 @@ def compare_checkouts(root: str, sizes: list[str], patch: int = 96, rounds: int 
         times[i].append(time.perf_counter() - t0)
       same &= bool(jnp.all(outs[0][1] == outs[1][1]))
     ratio = np.asarray(times[0]) / np.asarray(times[1])
-    rows.append({"size": size, "mode": mode, "texture": texture, "patch": patch, "rounds": rounds,
+    rows.append({"size": size, "mode": mode, "texture": texture, "other_texture": other_texture, "patch": patch,
+                 "rounds": rounds,
                  "this_ms": round(1e3 * float(np.median(times[0])), 2),
                  "other_ms": round(1e3 * float(np.median(times[1])), 2),
                  "ratio_this_over_other": round(float(np.median(ratio)), 3),

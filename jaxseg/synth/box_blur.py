@@ -52,7 +52,7 @@ def blur_in_boxes(fields: tuple[jax.Array, ...], boxes: list[Boxes], sigma_vox: 
   """Gaussian blur (sigma_vox [3] voxels, traced) of each field, all zero outside the active boxes.
 
   Args:
-    fields: float32 [X, Y, Z] fields blurred with the same boxes (the tumour mask, the exophytic mask).
+    fields: [X, Y, Z] fields (bool or float; blurred as float32) with the same boxes (the tumour mask, the exophytic mask).
     boxes: the groups' boxes; every nonzero voxel of every field must lie in an active box.
     sigma_vox: per-axis sigma in voxels.
     margin: static voxels beyond a box where its blur is kept (>= 4 x the largest sigma).
@@ -70,24 +70,23 @@ def blur_in_boxes(fields: tuple[jax.Array, ...], boxes: list[Boxes], sigma_vox: 
   acc = tuple(jnp.zeros(shape, jnp.float32) for _ in fields)
   for gi, group in enumerate(boxes):
     sizes = group.sizes
-    out_sizes = tuple(min(n, b + 2 * margin) for n, b in zip(shape, sizes))
-    out_hi = jnp.asarray([n - o for n, o in zip(shape, out_sizes)])
+    out_sizes = window_sizes(sizes, margin, shape)
     slots = group.starts.shape[0]
     before = [(b, b.active) for b in boxes[:gi]]
 
-    def body(acc, xs, group=group, sizes=sizes, out_sizes=out_sizes, out_hi=out_hi, slots=slots, before=before):
+    def body(acc, xs, group=group, sizes=sizes, out_sizes=out_sizes, slots=slots, before=before):
       i, start, active = xs
-      out_start = jnp.clip(start - margin, 0, out_hi)
+      out_start = window_start(start, margin, out_sizes, shape)
 
       def blur(_):
         claimed = _claimed_by(start, sizes, before + [(group, group.active & (jnp.arange(slots) < i))])
-        owns = [jnp.where(claimed, 0.0, jax.lax.dynamic_slice(f, start, sizes)) for f in fields]
+        owns = [jnp.where(claimed, 0.0, jax.lax.dynamic_slice(f, start, sizes).astype(jnp.float32)) for f in fields]
         mats = []
         for a in range(3):
           rows = ops.gaussian_matrix(out_start[a].astype(jnp.float32) + jnp.arange(out_sizes[a], dtype=jnp.float32),
                                      full[a], sigma_vox[a])
           mats.append(jax.lax.dynamic_slice_in_dim(rows, start[a], sizes[a], axis=1))
-        return tuple(ops.apply_separable(o, *mats) for o in owns)
+        return tuple(ops.blur_separable(o, *mats) for o in owns)
 
       blurred = jax.lax.cond(active, blur, lambda _: tuple(jnp.zeros(out_sizes, jnp.float32) for _ in fields), None)
       acc = tuple(jax.lax.dynamic_update_slice(t, jax.lax.dynamic_slice(t, out_start, out_sizes) + b, out_start)
@@ -96,6 +95,17 @@ def blur_in_boxes(fields: tuple[jax.Array, ...], boxes: list[Boxes], sigma_vox: 
 
     acc, _ = jax.lax.scan(body, acc, (jnp.arange(slots), group.starts, group.active))
   return acc
+
+
+def window_sizes(sizes: tuple[int, ...], margin: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Static sides of the window a box's blur is kept in: the box and ``margin`` voxels each side, cut to the
+  patch."""
+  return tuple(min(n, b + 2 * margin) for n, b in zip(shape, sizes))
+
+
+def window_start(start: jax.Array, margin: int, win: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
+  """Where the window of the box at ``start`` begins: ``margin`` before the box, moved into the patch."""
+  return jnp.clip(start - margin, 0, jnp.asarray([n - w for n, w in zip(shape, win)]))
 
 
 def margin_voxels(edge_sigma_mm_max: float, min_spacing_mm: float) -> int:

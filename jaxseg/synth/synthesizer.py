@@ -276,51 +276,28 @@ def _slot_function(spec: ProfileSpec, grids, center, axes, dd, radius_mm, spacin
   return shape_function(grids, center, axes, dd, radius_mm, spacing)
 
 
-def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tuple[int, ...],
-                  spec: ProfileSpec) -> tuple[jax.Array, jax.Array | None, box_blur.Boxes | None]:
-  """Union shape function of one size group over the patch: (clipped-kind, exophytic-kind or None, boxes).
-
-  ``boxes`` are the slots' boxes (starts, active, static sizes) when the group is evaluated in boxes, else
-  None (evaluated over the whole patch).
-
-  ``centers`` may lie outside the patch (reference placement): the box is clamped into the patch but the
-  shape is evaluated at true coordinates, so a tumour cut by the border is cut, and one whose box misses
-  the patch leaves nothing.
-  """
-  disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
-  # Only tumours whose reach meets the patch are rendered (sites outside it come from the whole case).
+def _meets_patch(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tuple[int, ...],
+                 spec: ProfileSpec) -> jax.Array:
+  """The group's active slots whose tumour can reach the patch (reference sites come from the whole case)."""
   reach_vox = spec.half_extent_mm(g) / spacing
   nearest = jnp.clip(centers, 0, jnp.asarray(shape) - 1)
-  meets = jnp.all(jnp.abs(centers - nearest) <= reach_vox + 1.0, axis=-1)
-  gd = dict(gd, active=gd["active"] & meets)
+  return gd["active"] & jnp.all(jnp.abs(centers - nearest) <= reach_vox + 1.0, axis=-1)
+
+
+def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tuple[int, ...],
+                  spec: ProfileSpec) -> tuple[jax.Array, jax.Array | None]:
+  """Union shape function over the patch of one size group too big for boxes: (clipped-kind, exophytic-kind
+  or None); < 1 inside a tumour.
+
+  ``centers`` may lie outside the patch (reference placement): the shape is evaluated at true coordinates,
+  so a tumour cut by the border is cut, and one that misses the patch leaves nothing. Groups that fit in
+  boxes go through ``_group_masks_in_boxes`` instead.
+  """
+  gd = dict(gd, active=_meets_patch(g, gd, centers, spacing, shape, spec))
+  disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
   want_free = g.exophytic and spec.exophytic_prob > 0
   acc = jnp.full(shape, _FAR, jnp.float32)
   acc_free = jnp.full(shape, _FAR, jnp.float32) if want_free else None
-  if spec_lib.use_box(g, shape, spec):
-    # One slot at a time in a scan (small HLO, fast compile); each writes the min into its box.
-    sizes = [spec_lib.box_size(g, n, spec) for n in shape]
-    half = jnp.asarray([b // 2 for b in sizes])
-    hi = jnp.asarray([n - b for n, b in zip(shape, sizes)])
-
-    def body(carry, xs):
-      center, axes, dd, active, free = xs
-      start = jnp.clip(center - half, 0, hi)
-      grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
-      # An inactive slot costs nothing where the call is not vmapped (cond; under vmap it is a select).
-      q = jax.lax.cond(active, lambda: jnp.minimum(
-          _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
-          lambda: jnp.full(tuple(sizes), _FAR, jnp.float32))
-      out = []
-      for i, target in enumerate(carry):
-        qq = jnp.where(free == (i == 1), q, _FAR) if want_free else q
-        cur = jax.lax.dynamic_slice(target, start, sizes)
-        out.append(jax.lax.dynamic_update_slice(target, jnp.minimum(cur, qq), start))
-      return tuple(out), None
-
-    init = (acc, acc_free) if want_free else (acc,)
-    res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
-    starts = jnp.clip(centers - half, 0, hi).astype(jnp.int32)
-    return res[0], (res[1] if want_free else None), box_blur.Boxes(starts, gd["active"], tuple(sizes))
   if spec.deformation == "sequential2d":
     # Order-0 lookups are not smooth: evaluate at full resolution over the patch, one slot at a time.
     grids = [jnp.arange(n, dtype=jnp.float32) for n in shape]
@@ -336,7 +313,7 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
 
     init = (acc, acc_free) if want_free else (acc,)
     res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
-    return res[0], (res[1] if want_free else None), None
+    return res[0], (res[1] if want_free else None)
   step = spec_lib.coarse_step(g, spec)
   ups = [jnp.asarray(ops.linear_upsample_matrix(n, step)) for n in shape]
   grids = [step * jnp.arange(u.shape[1], dtype=jnp.float32) for u in ups]
@@ -346,8 +323,57 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
   if want_free:
     fr = gd["free"][:, None, None, None]
     return (ops.apply_separable(jnp.min(jnp.where(fr, _FAR, qs), axis=0), *ups),
-            ops.apply_separable(jnp.min(jnp.where(fr, qs, _FAR), axis=0), *ups), None)
-  return ops.apply_separable(jnp.min(qs, axis=0), *ups), None, None
+            ops.apply_separable(jnp.min(jnp.where(fr, qs, _FAR), axis=0), *ups))
+  return ops.apply_separable(jnp.min(qs, axis=0), *ups), None
+
+
+def _group_masks_in_boxes(g, gd: dict, centers: jax.Array, spacing: jax.Array, spec: ProfileSpec,
+                          masks: tuple[jax.Array, ...], allowed: jax.Array, blocked: jax.Array | None
+                          ) -> tuple[tuple[jax.Array, ...], box_blur.Boxes]:
+  """Adds one size group's tumours to the patch's bool masks (tumour[, exophytic]) box by box.
+
+  A voxel is tumour where any slot's shape function is <= 1 (clipped to ``allowed`` unless exophytic, never
+  ``blocked``), so each slot ORs its own thresholded, clipped box into the masks, one slot at a time in a
+  scan (small HLO, fast compile), and nothing patch-sized is made per group. (Until commit 7123c0b each
+  slot wrote the minimum of its shape function into a patch of _FAR, thresholded and clipped over the
+  patch afterwards: the same masks, `python launch/bench_synthesis.py --against=<that checkout>`.)
+
+  ``centers`` may lie outside the patch (reference placement): the box is clamped into the patch but the
+  shape is evaluated at true coordinates, so a tumour cut by the border is cut. Returns the masks and the
+  slots' boxes (starts, active, static sizes), which the soft edge is blurred in (box_blur.py).
+  """
+  shape = masks[0].shape
+  disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
+  active = _meets_patch(g, gd, centers, spacing, shape, spec)
+  want_free = len(masks) == 2
+  sizes = [spec_lib.box_size(g, n, spec) for n in shape]
+  half = jnp.asarray([b // 2 for b in sizes])
+  hi = jnp.asarray([n - b for n, b in zip(shape, sizes)])
+
+  def body(masks, xs):
+    center, axes, dd, on, free = xs
+    start = jnp.clip(center - half, 0, hi)
+    grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
+    inside = jax.lax.cond(on, lambda: _slot_function(spec, grids, center.astype(jnp.float32), axes, dd,
+                                                     g.radius_mm, spacing) <= 1.0,
+                          lambda: jnp.zeros(tuple(sizes), bool))
+    keep = ~jax.lax.dynamic_slice(blocked, start, sizes) if blocked is not None else None
+    clipped = inside & jax.lax.dynamic_slice(allowed, start, sizes)
+    parts = [clipped]
+    if want_free:
+      grown = inside & free
+      if keep is not None:
+        grown = grown & keep
+      parts = [jnp.where(free, grown, clipped), grown]
+    if keep is not None:
+      parts[0] = parts[0] & keep
+    out = tuple(jax.lax.dynamic_update_slice(m, jax.lax.dynamic_slice(m, start, sizes) | p, start)
+                for m, p in zip(masks, parts))
+    return out, None
+
+  masks, _ = jax.lax.scan(body, masks, (centers, gd["axes_mm"], disp, active, gd["free"]))
+  starts = jnp.clip(centers - half, 0, hi).astype(jnp.int32)
+  return masks, box_blur.Boxes(starts, active, tuple(sizes))
 
 
 def bernoulli_mean(bits: jax.Array, p: jax.Array) -> jax.Array:
@@ -378,7 +404,7 @@ def make_texture(d: dict, spacing: jax.Array, shape: tuple[int, ...], spec: Prof
   coarse_pos = [f * jnp.arange(n // f, dtype=jnp.float32) + 0.5 * (f - 1) for n in shape]
   sig_a = d["sigma_a_mm"] / spacing
   mats = [ops.gaussian_matrix(p, p, sig_a[i]) for i, p in enumerate(coarse_pos)]
-  a = ops.apply_separable(d["noise_a"], *mats)
+  a = ops.blur_separable(d["noise_a"], *mats)
   bank = spec.texture_rescale == "bank"
   if bank:
     # The reference rescales over its whole bank: map this field onto the bank's distribution (same
@@ -417,16 +443,37 @@ def _edges(tumor: jax.Array, free: jax.Array | None, boxes: list, sig_e: jax.Arr
   box by box (box_blur.py: the cost of the boxes, not the patch); otherwise over the whole patch.
   """
   fields = (tumor,) if free is None else (tumor, free)
-  fields = tuple(f.astype(jnp.float32) for f in fields)
   if boxes and all(b is not None for b in boxes):
     margin = box_blur.margin_voxels(spec.edge_sigma_mm[1], spec.min_spacing_mm)
     return box_blur.blur_in_boxes(fields, boxes, sig_e, margin)
-  return tuple(ops.gaussian_blur(f, sig_e) for f in fields)
+  return tuple(ops.gaussian_blur(f.astype(jnp.float32), sig_e) for f in fields)
 
 
 def _masked_mean(v, m, default):
   n = jnp.sum(m)
   return jnp.where(n > 0, jnp.sum(jnp.where(m, v, 0.0)) / jnp.maximum(n, 1), default)
+
+
+def _compose(img: jax.Array, organ: jax.Array, allowed: jax.Array, edges: tuple[jax.Array, ...],
+             texture: jax.Array, d: dict, spec: ProfileSpec, organ_mean, fill) -> jax.Array:
+  """The new image from the soft edges and the texture (docs/SYNTHESIS.md, step 5), voxel by voxel.
+
+  Elementwise: where every edge is 0 it returns ``img`` exactly. ``organ_mean`` and ``fill`` are the patch's organ statistics (scalars; read only for
+  exophytic tumours and ``spec.fat_fill``).
+  """
+  edge = edges[0]
+  if spec.intensity == "replace":
+    tissue = d["mass_hu"] + spec.mass_texture_hu * (texture - 0.5)
+    return jnp.where(allowed, img + edge * (tissue - img), img)
+  if spec.fat_fill:
+    img_in = jnp.where(organ & (img <= spec.fat_hu_max), img + edge * (fill - img), img)
+  else:
+    img_in = img
+  out = jnp.where(organ, img_in - texture * edge * d["delta"], img)
+  if len(edges) == 2:
+    tissue = organ_mean - texture * d["delta"]
+    out = jnp.where(organ, out, img + edges[1] * (tissue - img))
+  return out
 
 
 def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec: ProfileSpec,
@@ -462,15 +509,23 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
     cand = organ
   else:
     cand = _pick_candidates(organ, spacing, spec)
-  coords = [jnp.arange(n, dtype=jnp.float32) for n in shape]
-  box_center = []
-  for a in range(3):
-    has = ops.any_along(organ, axis=tuple(b for b in range(3) if b != a))
-    box_center.append(0.5 * (jnp.min(jnp.where(has, coords[a], jnp.inf)) + jnp.max(jnp.where(has, coords[a], -jnp.inf))))
-  box_center = jnp.round(jnp.stack(box_center)).astype(jnp.int32)
-  organ_any = ops.any_along(organ)
-  q = jnp.full(shape, _FAR, jnp.float32)
-  q_free = None
+  if spec.large_at_box_center and centers is None and any(g.name == "large" for g in spec.groups):
+    coords = [jnp.arange(n, dtype=jnp.float32) for n in shape]
+    box_center = []
+    for a in range(3):
+      has = ops.any_along(organ, axis=tuple(b for b in range(3) if b != a))
+      box_center.append(0.5 * (jnp.min(jnp.where(has, coords[a], jnp.inf))
+                               + jnp.max(jnp.where(has, coords[a], -jnp.inf))))
+    box_center = jnp.round(jnp.stack(box_center)).astype(jnp.int32)
+  if spec.clip_margin_mm > 0:
+    r = int(np.ceil(spec.clip_margin_mm / spec.min_spacing_mm))
+    radius = jnp.round(spec.clip_margin_mm / spacing).astype(jnp.int32)
+    allowed = ops.box_morphology(organ, radius, (r, r, r), erode=False)
+  else:
+    allowed = organ
+  want_free = any(g.exophytic for g in spec.groups) and spec.exophytic_prob > 0
+  masks = tuple(jnp.zeros(shape, bool) for _ in range(2 if want_free else 1))   # tumour[, exophytic]
+  q = q_free = None            # union shape functions of the groups evaluated over the whole patch
   centers_out = []
   boxes = []
   offset = 0
@@ -481,30 +536,34 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
       gd = dict(gd, active=gd["active"] & center_ok[offset:offset + g.slots].astype(bool))
       offset += g.slots
     else:
-      gc, _ = sample_voxels(cand, gd["center_u"])
+      # Some candidate exists exactly when the organ is in the patch (the candidates fall back to it).
+      gc, organ_any = sample_voxels(cand, gd["center_u"])
       if spec.large_at_box_center and g.name == "large":
         gc = jnp.broadcast_to(box_center, gc.shape)
       gd = dict(gd, active=gd["active"] & organ_any)
     centers_out.append(jnp.where(gd["active"][:, None], gc, -1))
-    gq, gq_free, gboxes = _group_fields(g, gd, gc, spacing, shape, spec)
-    boxes.append(gboxes)
-    q = jnp.minimum(q, gq)
+    if spec_lib.use_box(g, shape, spec):
+      masks, gboxes = _group_masks_in_boxes(g, gd, gc, spacing, spec, masks, allowed, blocked)
+      boxes.append(gboxes)
+      continue
+    boxes.append(None)
+    gq, gq_free = _group_fields(g, gd, gc, spacing, shape, spec)
+    q = gq if q is None else jnp.minimum(q, gq)
     if gq_free is not None:
       q_free = gq_free if q_free is None else jnp.minimum(q_free, gq_free)
-  if spec.clip_margin_mm > 0:
-    r = int(np.ceil(spec.clip_margin_mm / spec.min_spacing_mm))
-    radius = jnp.round(spec.clip_margin_mm / spacing).astype(jnp.int32)
-    allowed = ops.box_morphology(organ, radius, (r, r, r), erode=False)
-  else:
-    allowed = organ
-  tumor = (q <= 1.0) & allowed
-  free = (q_free <= 1.0) if q_free is not None else None
-  if free is not None:
+  tumor, free = masks[0], (masks[1] if want_free else None)
+  if q is not None:
+    # The whole-patch groups' tumours, clipped and blocked as ``_group_masks_in_boxes`` does per box.
+    part = (q <= 1.0) & allowed
+    if q_free is not None:
+      grown = q_free <= 1.0
+      if blocked is not None:
+        grown = grown & ~blocked
+      free = free | grown
+      part = part | grown
     if blocked is not None:
-      free = free & ~blocked
-    tumor = tumor | free
-  if blocked is not None:
-    tumor = tumor & ~blocked
+      part = part & ~blocked
+    tumor = tumor | part
   if spec.texture_source == "bank":
     texture = device_bank.read(bank, d["texture_index"], d["bank_offset"], shape)
   else:
@@ -513,22 +572,13 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
   edges = _edges(tumor, free, boxes, sig_e, spec)
   edge = edges[0]
   img = image.astype(jnp.float32)
-  organ_mean = _masked_mean(img, organ, 0.0)
-  if spec.intensity == "replace":
-    tissue = d["mass_hu"] + spec.mass_texture_hu * (texture - 0.5)
-    out = jnp.where(allowed, img + edge * (tissue - img), img)
-  else:
-    if spec.fat_fill:
-      fill = _masked_mean(img, organ & (img > spec.fat_hu_max), spec.fat_hu_max)
-      img_in = jnp.where(organ & (img <= spec.fat_hu_max), img + edge * (fill - img), img)
-    else:
-      img_in = img
-    drop = texture * edge * d["delta"]
-    out = jnp.where(organ, img_in - drop, img)
-    if free is not None:
-      edge_free = edges[1]
-      tissue = organ_mean - texture * d["delta"]
-      out = jnp.where(organ, out, img + edge_free * (tissue - img))
+  # Patch statistics, computed only where the composition reads them (exophytic tumours, fat fill).
+  organ_mean = _masked_mean(img, organ, 0.0) if free is not None else None
+  fill = (_masked_mean(img, organ & (img > spec.fat_hu_max), spec.fat_hu_max)
+          if spec.fat_fill and spec.intensity != "replace" else None)
+  # Over the whole patch: composing only the boxes' windows (a scan of dynamic slices and updates) took
+  # longer than this one fused pass for tiny tumours at 96^3 here (a one-off timing).
+  out = _compose(img, organ, allowed, edges, texture, d, spec, organ_mean, fill)
   extras = dict(texture=texture, edge=edge, allowed=allowed, candidates=cand,
                 centers=jnp.concatenate(centers_out, axis=0) if centers_out else jnp.zeros((0, 3), jnp.int32))
   return out, tumor, extras
