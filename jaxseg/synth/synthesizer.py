@@ -334,7 +334,7 @@ def _group_masks_in_boxes(g, gd: dict, centers: jax.Array, spacing: jax.Array, s
 
   A voxel is tumour where any slot's shape function is <= 1 (clipped to ``allowed`` unless exophytic, never
   ``blocked``), so each slot ORs its own thresholded, clipped box into the masks, one slot at a time in a
-  scan (small HLO, fast compile), and nothing patch-sized is made per group. (Until commit 7123c0b each
+  loop up to the last active slot (small HLO, fast compile), and nothing patch-sized is made per group. (Until commit 7123c0b each
   slot wrote the minimum of its shape function into a patch of _FAR, thresholded and clipped over the
   patch afterwards: the same masks, `python launch/bench_synthesis.py --against=<that checkout>`.)
 
@@ -350,8 +350,8 @@ def _group_masks_in_boxes(g, gd: dict, centers: jax.Array, spacing: jax.Array, s
   half = jnp.asarray([b // 2 for b in sizes])
   hi = jnp.asarray([n - b for n, b in zip(shape, sizes)])
 
-  def body(masks, xs):
-    center, axes, dd, on, free = xs
+  def body(i, masks):
+    center, axes, dd, on, free = centers[i], gd["axes_mm"][i], disp[i], active[i], gd["free"][i]
     start = jnp.clip(center - half, 0, hi)
     grids = [start[a].astype(jnp.float32) + jnp.arange(sizes[a], dtype=jnp.float32) for a in range(3)]
     inside = jax.lax.cond(on, lambda: _slot_function(spec, grids, center.astype(jnp.float32), axes, dd,
@@ -369,9 +369,9 @@ def _group_masks_in_boxes(g, gd: dict, centers: jax.Array, spacing: jax.Array, s
       parts[0] = parts[0] & keep
     out = tuple(jax.lax.dynamic_update_slice(m, jax.lax.dynamic_slice(m, start, sizes) | p, start)
                 for m, p in zip(masks, parts))
-    return out, None
+    return out
 
-  masks, _ = jax.lax.scan(body, masks, (centers, gd["axes_mm"], disp, active, gd["free"]))
+  masks = jax.lax.fori_loop(0, box_blur.slots_in_use(active), body, masks)
   starts = jnp.clip(centers - half, 0, hi).astype(jnp.int32)
   return masks, box_blur.Boxes(starts, active, tuple(sizes))
 
