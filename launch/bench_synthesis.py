@@ -6,6 +6,7 @@
   python launch/bench_synthesis.py --against=/tmp/base --patch=96 [--mode=reference] [--texture=bank]   # A/B
       [--against_texture=bank]
   python launch/bench_synthesis.py --forms     # two forms each of the separable blur and the erosion, alternated
+  python launch/bench_synthesis.py --ablate --size=tiny --texture=bank     # where draw + render's time goes
 
 The output also carries the published generator's per-call time for the class (published_ms_96, measured
 on a 2-core machine at 96^3, 1 mm, textures prebuilt), the figure a speed-up claim must be stated against.
@@ -45,6 +46,9 @@ _AGAINST_TEXTURE = flags.DEFINE_enum("against_texture", "field", ["field", "bank
 _FORMS = flags.DEFINE_bool("forms", False, "Instead: ops.apply_separable against ops.blur_separable on the "
                            "synthesizer's blur sizes, and the erosion's two forms, alternated for --rounds rounds "
                            "(bench.separable_forms, bench.morphology_forms).")
+_ABLATE = flags.DEFINE_bool("ablate", False, "Instead: draw + render of one --size patch against copies with one "
+                            "part taken out (candidates, soft edge, texture, composition), alternated for --rounds "
+                            "rounds (bench.ablation).")
 _MODE = flags.DEFINE_enum("mode", "patch", ["patch", "reference", "realistic"],
                           "Synthesis mode (docs/SYNTHESIS.md; realistic ignores --size).")
 
@@ -60,6 +64,10 @@ def main(argv):
       return
     if _FORMS.value:
       for row in bench.separable_forms(rounds=_ROUNDS.value) + bench.morphology_forms(rounds=_ROUNDS.value):
+        print(json.dumps(row))
+      return
+    if _ABLATE.value:
+      for row in bench.ablation(_ORGAN.value, _SIZE.value, _PATCH.value, _TEXTURE.value, _ROUNDS.value):
         print(json.dumps(row))
       return
     if _PROFILE.value:

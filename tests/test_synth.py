@@ -549,10 +549,16 @@ def test_compare_checkouts_times_two_versions_in_one_process(tmp_path):
     bench.load_checkout(str(tmp_path))
 
 
-def test_forms_benchmark_compares_equal_results():
+def test_forms_and_ablation_benchmarks():
   """``bench_synthesis.py --forms``: both separable-blur forms agree to float rounding and both erosion forms
-  give the same mask, with a timing and ratio for each."""
-  from jaxseg.synth import bench
+  give the same mask, with a timing and ratio for each. ``--ablate``: a time per variant, and the
+  synthesizer's functions are its own again afterwards."""
+  from jaxseg.synth import bench, device_bank
+  before = (sy._pick_candidates, sy._edges, sy.make_texture, sy._compose, device_bank.read)
+  rows = bench.ablation("liver", "tiny", 32, texture="bank", rounds=1)
+  assert [r["without"] for r in rows] == ["whole", "candidates", "soft_edge", "texture", "composition"]
+  assert all(r["ms"] > 0 for r in rows) and rows[0]["saved_ms"] == 0
+  assert (sy._pick_candidates, sy._edges, sy.make_texture, sy._compose, device_bank.read) == before
   (sep,) = bench.separable_forms(pairs=((5, 7),), rounds=2)
   assert sep["max_rel_diff"] < 1e-5 and sep["apply_separable_ms"] > 0 and np.isfinite(sep["ratio_blur_over_apply"])
   (ero,) = bench.morphology_forms(rmaxes=((2, 2, 0),), patch=24, rounds=2)
