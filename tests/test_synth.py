@@ -549,6 +549,24 @@ def test_compare_checkouts_times_two_versions_in_one_process(tmp_path):
     bench.load_checkout(str(tmp_path))
 
 
+def test_linear_upsample_equals_the_dense_product():
+  """ops.linear_upsample (slices) gives apply_separable with linear_upsample_matrix's values: bit for bit at
+  steps 1 and 2 (every product exact), to float rounding at steps 3 and 4, on shapes that are not multiples
+  of the step."""
+  from jaxseg.synth import ops
+  rng = np.random.default_rng(5)
+  for step, shape in ((1, (7, 5, 6)), (2, (13, 10, 9)), (3, (14, 11, 10)), (4, (17, 13, 12))):
+    mats = [ops.linear_upsample_matrix(n, step) for n in shape]
+    v = rng.random(tuple(m.shape[1] for m in mats), np.float32) * 4.0
+    dense = np.asarray(jax.jit(lambda v: ops.apply_separable(v, *map(jnp.asarray, mats)))(v))
+    slices = np.asarray(jax.jit(lambda v: ops.linear_upsample(v, step, shape))(v))
+    assert slices.shape == shape
+    if step <= 2:
+      np.testing.assert_array_equal(slices, dense)
+    else:
+      np.testing.assert_allclose(slices, dense, rtol=1e-6, atol=1e-6)
+
+
 def test_forms_and_ablation_benchmarks():
   """``bench_synthesis.py --forms``: both separable-blur forms agree to float rounding and both erosion forms
   give the same mask, with a timing and ratio for each. ``--ablate``: a time per variant, and the

@@ -54,7 +54,8 @@ def blur_in_boxes(fields: tuple[jax.Array, ...], boxes: list[Boxes], sigma_vox: 
   """Gaussian blur (sigma_vox [3] voxels, traced) of each field, all zero outside the active boxes.
 
   Args:
-    fields: [X, Y, Z] fields (bool or float; blurred as float32) with the same boxes (the tumour mask, the exophytic mask).
+    fields: [X, Y, Z] fields (bool or float; blurred as float32) with the same boxes (the tumour mask, the
+      exophytic mask).
     boxes: the groups' boxes; every nonzero voxel of every field must lie in an active box.
     sigma_vox: per-axis sigma in voxels.
     margin: static voxels beyond a box where its blur is kept (>= 4 x the largest sigma).
