@@ -31,11 +31,11 @@ def blur_separable(v: jax.Array, mx: jax.Array, my: jax.Array, mz: jax.Array) ->
   transposed copies.
 
   Each product contracts the last axis and puts the new one first ([a, b, c] -> [k, a, b] -> [j, k, a] ->
-  [i, j, k]), so every operand is a reshape of the previous result: 0.79-0.86 of the einsums' time on this
+  [i, j, k]), so every operand is a reshape of the previous result: 0.65-0.86 of the einsums' time on this
   CPU from 19^3 -> 35^3 to 96^3 -> 96^3 (``python launch/bench_synthesis.py --forms``). Rounding differs
   from ``apply_separable`` (about 1e-7 relative), so it serves blurs whose values are used as they are (soft
-  edges, textures, augmentation), not fields that are thresholded into masks (the shapes' upsampling keeps
-  ``apply_separable`` and its masks).
+  edges, textures, augmentation), not fields that are thresholded into masks (the shapes' upsampling uses
+  ``linear_upsample`` or ``apply_separable``, whose values are the masks' of earlier commits).
   """
   (i, a), (j, b), (k, c) = mx.shape, my.shape, mz.shape
   nt = (((1,), (1,)), ((), ()))                               # A @ B.T
