@@ -534,6 +534,7 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
       box_center.append(0.5 * (jnp.min(jnp.where(has, coords[a], jnp.inf))
                                + jnp.max(jnp.where(has, coords[a], -jnp.inf))))
     box_center = jnp.round(jnp.stack(box_center)).astype(jnp.int32)
+    organ_in_patch = jnp.any(has)
   if spec.clip_margin_mm > 0:
     r = int(np.ceil(spec.clip_margin_mm / spec.min_spacing_mm))
     radius = jnp.round(spec.clip_margin_mm / spacing).astype(jnp.int32)
@@ -553,10 +554,12 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
       gd = dict(gd, active=gd["active"] & center_ok[offset:offset + g.slots].astype(bool))
       offset += g.slots
     else:
-      # Some candidate exists exactly when the organ is in the patch (the candidates fall back to it).
-      gc, organ_any = sample_voxels(cand, gd["center_u"])
       if spec.large_at_box_center and g.name == "large":
-        gc = jnp.broadcast_to(box_center, gc.shape)
+        # At the organ's box centre: no candidates are read, so none are computed for this group.
+        gc, organ_any = jnp.broadcast_to(box_center, (g.slots, 3)), organ_in_patch
+      else:
+        # Some candidate exists exactly when the organ is in the patch (the candidates fall back to it).
+        gc, organ_any = sample_voxels(cand, gd["center_u"])
       gd = dict(gd, active=gd["active"] & organ_any)
     centers_out.append(jnp.where(gd["active"][:, None], gc, -1))
     if spec_lib.use_box(g, shape, spec):
