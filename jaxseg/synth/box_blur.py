@@ -75,13 +75,14 @@ def blur_in_boxes(fields: tuple[jax.Array, ...], boxes: list[Boxes], sigma_vox: 
   acc = tuple(jnp.zeros(shape, jnp.float32) for _ in fields)
   for gi, group in enumerate(boxes):
     sizes = group.sizes
-    out_sizes = window_sizes(sizes, margin, shape)
+    out_sizes = tuple(min(n, b + 2 * margin) for n, b in zip(shape, sizes))
+    out_hi = jnp.asarray([n - o for n, o in zip(shape, out_sizes)])
     slots = group.starts.shape[0]
     before = [(b, b.active) for b in boxes[:gi]]
 
-    def body(i, acc, group=group, sizes=sizes, out_sizes=out_sizes, slots=slots, before=before):
+    def body(i, acc, group=group, sizes=sizes, out_sizes=out_sizes, out_hi=out_hi, slots=slots, before=before):
       start, active = group.starts[i], group.active[i]
-      out_start = window_start(start, margin, out_sizes, shape)
+      out_start = jnp.clip(start - margin, 0, out_hi)
 
       def blur(_):
         claimed = _claimed_by(start, sizes, before + [(group, group.active & (jnp.arange(slots) < i))])
@@ -104,17 +105,6 @@ def slots_in_use(active: jax.Array) -> jax.Array:
   the front (a count per size class), so the inactive ones after it cost no iteration: 3.5 of the 10 slots
   on average for the liver's tiny and small tumours (3-10 of them)."""
   return jnp.max(jnp.where(active, jnp.arange(1, active.shape[0] + 1), 0))
-
-
-def window_sizes(sizes: tuple[int, ...], margin: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-  """Static sides of the window a box's blur is kept in: the box and ``margin`` voxels each side, cut to the
-  patch."""
-  return tuple(min(n, b + 2 * margin) for n, b in zip(shape, sizes))
-
-
-def window_start(start: jax.Array, margin: int, win: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
-  """Where the window of the box at ``start`` begins: ``margin`` before the box, moved into the patch."""
-  return jnp.clip(start - margin, 0, jnp.asarray([n - w for n, w in zip(shape, win)]))
 
 
 def margin_voxels(edge_sigma_mm_max: float, min_spacing_mm: float) -> int:

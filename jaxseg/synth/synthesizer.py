@@ -296,44 +296,30 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
   gd = dict(gd, active=_meets_patch(g, gd, centers, spacing, shape, spec))
   disp = gd["ctrl"] * gd["sigma_mm"][:, None, None, None, None]
   want_free = g.exophytic and spec.exophytic_prob > 0
-  acc = jnp.full(shape, _FAR, jnp.float32)
-  acc_free = jnp.full(shape, _FAR, jnp.float32) if want_free else None
-  if spec.deformation == "sequential2d":
-    # Order-0 lookups are not smooth: evaluate at full resolution over the patch, one slot at a time.
-    grids = [jnp.arange(n, dtype=jnp.float32) for n in shape]
-
-    def body(carry, xs):
-      center, axes, dd, active, free = xs
-      q = jax.lax.cond(active, lambda: jnp.minimum(
-          _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
-          lambda: jnp.full(shape, _FAR, jnp.float32))
-      if want_free:
-        return (jnp.minimum(carry[0], jnp.where(free, _FAR, q)), jnp.minimum(carry[1], jnp.where(free, q, _FAR))), None
-      return (jnp.minimum(carry[0], q),), None
-
-    init = (acc, acc_free) if want_free else (acc,)
-    res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
-    return res[0], (res[1] if want_free else None)
-  # On the coarse grid, one slot at a time into the running minimum (a loop-carried buffer, so the union is
-  # materialised before the slices below read each coarse value twice per axis; fused into them, the shape
-  # functions were recomputed up to eight times; vmapped, XLA:CPU's minimum over the slot axis ran as a
-  # slow library reduction), inactive slots skipped; then upsampled to the patch.
-  step = spec_lib.coarse_step(g, spec)
+  # On a grid of every step-th voxel: the smooth shape function on a coarse one, upsampled afterwards;
+  # order-0 lookups (sequential2d) are not smooth, so at full resolution (step 1). One slot at a time into
+  # a running minimum (a loop-carried buffer, so the union is materialised before the upsampling's slices
+  # read each grid value twice per axis; fused into them, the shape functions were recomputed up to eight
+  # times; vmapped, XLA:CPU's minimum over the slot axis ran as a slow library reduction), inactive slots
+  # skipped.
+  step = 1 if spec.deformation == "sequential2d" else spec_lib.coarse_step(g, spec)
   grids = [step * jnp.arange((n - 1 + step - 1) // step + 1, dtype=jnp.float32) for n in shape]
-  coarse = tuple(len(x) for x in grids)
+  grid_shape = tuple(len(x) for x in grids)
 
   def body(carry, xs):
     center, axes, dd, active, free = xs
     q = jax.lax.cond(active, lambda: jnp.minimum(
-        shape_function(grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
-        lambda: jnp.full(coarse, _FAR, jnp.float32))
+        _slot_function(spec, grids, center.astype(jnp.float32), axes, dd, g.radius_mm, spacing), _FAR),
+        lambda: jnp.full(grid_shape, _FAR, jnp.float32))
     if want_free:
       return (jnp.minimum(carry[0], jnp.where(free, _FAR, q)), jnp.minimum(carry[1], jnp.where(free, q, _FAR))), None
     return (jnp.minimum(carry[0], q),), None
 
-  init = tuple(jnp.full(coarse, _FAR, jnp.float32) for _ in range(2 if want_free else 1))
+  init = tuple(jnp.full(grid_shape, _FAR, jnp.float32) for _ in range(2 if want_free else 1))
   res, _ = jax.lax.scan(body, init, (centers, gd["axes_mm"], disp, gd["active"], gd["free"]))
-  if step <= 2:
+  if step == 1:
+    fine = list(res)
+  elif step == 2:
     # Weights 1 and 1/2: every product is exact, so the slices give the dense product's values bit for bit.
     fine = [ops.linear_upsample(r, step, shape) for r in res]
   else:
@@ -341,6 +327,20 @@ def _group_fields(g, gd: dict, centers: jax.Array, spacing: jax.Array, shape: tu
     # keeps the masks of earlier commits bit for bit.
     fine = [ops.apply_separable(r, *[jnp.asarray(ops.linear_upsample_matrix(n, step)) for n in shape]) for r in res]
   return fine[0], (fine[1] if want_free else None)
+
+
+def _tumour_parts(clipped: jax.Array, grown: jax.Array | None, allowed: jax.Array, blocked: jax.Array | None
+                  ) -> list[jax.Array]:
+  """[tumour] or [tumour, exophytic] from where shapes are inside: ``clipped`` tumours only on ``allowed``
+  voxels, exophytic (``grown``) ones anywhere, neither on ``blocked`` voxels. The one rule for box-local and
+  whole-patch groups (on a box, the arrays are the box's windows)."""
+  tumour = clipped & allowed
+  if grown is not None:
+    grown = grown if blocked is None else grown & ~blocked
+    tumour = tumour | grown
+  if blocked is not None:
+    tumour = tumour & ~blocked
+  return [tumour] if grown is None else [tumour, grown]
 
 
 def _group_masks_in_boxes(g, gd: dict, centers: jax.Array, spacing: jax.Array, spec: ProfileSpec,
@@ -374,16 +374,8 @@ def _group_masks_in_boxes(g, gd: dict, centers: jax.Array, spacing: jax.Array, s
     inside = jax.lax.cond(on, lambda: _slot_function(spec, grids, center.astype(jnp.float32), axes, dd,
                                                      g.radius_mm, spacing) <= 1.0,
                           lambda: jnp.zeros(tuple(sizes), bool))
-    keep = ~jax.lax.dynamic_slice(blocked, start, sizes) if blocked is not None else None
-    clipped = inside & jax.lax.dynamic_slice(allowed, start, sizes)
-    parts = [clipped]
-    if want_free:
-      grown = inside & free
-      if keep is not None:
-        grown = grown & keep
-      parts = [jnp.where(free, grown, clipped), grown]
-    if keep is not None:
-      parts[0] = parts[0] & keep
+    box = lambda a: None if a is None else jax.lax.dynamic_slice(a, start, sizes)
+    parts = _tumour_parts(inside & ~free, inside & free if want_free else None, box(allowed), box(blocked))
     out = tuple(jax.lax.dynamic_update_slice(m, jax.lax.dynamic_slice(m, start, sizes) | p, start)
                 for m, p in zip(masks, parts))
     return out
@@ -573,17 +565,11 @@ def render(image: jax.Array, organ: jax.Array, spacing: jax.Array, d: dict, spec
       q_free = gq_free if q_free is None else jnp.minimum(q_free, gq_free)
   tumor, free = masks[0], (masks[1] if want_free else None)
   if q is not None:
-    # The whole-patch groups' tumours, clipped and blocked as ``_group_masks_in_boxes`` does per box.
-    part = (q <= 1.0) & allowed
+    # The whole-patch groups' tumours, by the same rule as the boxes'.
+    parts = _tumour_parts(q <= 1.0, None if q_free is None else q_free <= 1.0, allowed, blocked)
+    tumor = tumor | parts[0]
     if q_free is not None:
-      grown = q_free <= 1.0
-      if blocked is not None:
-        grown = grown & ~blocked
-      free = free | grown
-      part = part | grown
-    if blocked is not None:
-      part = part & ~blocked
-    tumor = tumor | part
+      free = free | parts[1]
   if spec.texture_source == "bank":
     texture = device_bank.read(bank, d["texture_index"], d["bank_offset"], shape)
   else:
