@@ -214,7 +214,8 @@ def _sliding_row(c, k, volume, patch, window_batch, repeats) -> dict:
                   f"{'x'.join(map(str, patch))}, "
                   f"overlap 0.5, batch {window_batch}", "field": "MONAI sliding_window_inference",
           "field_s": theirs["seconds"], "jaxseg_s": ours["seconds"],
-          "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": inference_conv(c)}
+          "ratio": round(theirs["seconds"] / ours["seconds"], 3), "conv": inference_conv(c),
+          "constant_params": ours["constant_params"]}
 
 
 # ResEnc M's convolution kinds at a 64^3 patch: (kind, input channels, output channels, input side). "same":

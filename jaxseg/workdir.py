@@ -381,6 +381,11 @@ def known_metrics(organs: tuple[str, ...]) -> set[str]:
   return out
 
 
+# eval.constant_params: whether a checkpoint's evaluation and prediction compile the parameters in
+# (jaxseg/infer/predict.py, uses_constant_params).
+CONSTANT_PARAMS = ("auto", "true", "false")
+
+
 def check_eval_config(e: ml_collections.ConfigDict) -> None:
   """Raises ValueError("eval.<field>: ...") for a bad inference or metric setting (also evaluate.py's --config)."""
   if not 0.0 <= float(e.overlap) < 1.0:
@@ -399,6 +404,8 @@ def check_eval_config(e: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.bootstrap: {e.bootstrap} must be >= 0")
   if e.get("conv", "auto") not in CONVS:
     raise ValueError(f"eval.conv: {e.conv!r} is not one of {', '.join(CONVS)}")
+  if str(e.get("constant_params", "auto")) not in CONSTANT_PARAMS:
+    raise ValueError(f"eval.constant_params: {e.constant_params!r} is not one of {', '.join(CONSTANT_PARAMS)}")
   if int(e.max_cases) == 0 or int(e.max_cases) < -1:
     raise ValueError(f"eval.max_cases: {e.max_cases} must be positive, or -1 for all cases")
 

@@ -126,6 +126,53 @@ def test_predict_volume_with_the_model_reuses_one_compilation():
   assert sliding_window._weighted_window_logits._cache_size() == compiled
 
 
+def test_a_checkpoints_predictor_compiles_its_parameters_in_and_predicts_the_same(tmp_path):
+  """eval.constant_params: a checkpoint's evaluation and prediction compile the parameters into the program
+  (auto: on a CPU for models of >= 1M parameters); the logits are those of the shared compilation with the
+  parameters as arguments, the program takes only the windows and the weight, and it goes with its
+  predictor."""
+  import gc
+  import weakref
+  from jaxseg.infer import sliding_window
+  from jaxseg.models import build_model
+  from jaxseg.workdir import check_eval_config
+  cfg = _config((4.0, 4.0, 4.0))
+  cfg.model.features = (4, 8)
+  cfg.model.blocks_per_stage = (1, 1)
+  model = build_model(cfg.model, 3)
+  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 16, 16, 16, 1)), train=False)["params"])(jax.random.key(0))
+  volume = np.random.default_rng(0).uniform(size=(20, 18, 24, 1)).astype(np.float32)
+  run = lambda fn: sliding_window.sliding_window_inference(fn, volume, (16, 16, 16), 0.5, 2, 3, tta_mirror=(0,))
+  shared = run(predict.model_predict_fn(cfg, params))
+  constant = predict.model_predict_fn(cfg, params, constant_params=True)
+  assert isinstance(constant, sliding_window.ConstantParamsPredictor)
+  np.testing.assert_allclose(run(constant), shared, rtol=1e-5, atol=1e-6)
+  windows, weight = jnp.zeros((2, 16, 16, 16, 1)), jnp.ones((16, 16, 16))
+  lowered = jax.jit(lambda w, m: constant.weighted_window_logits(w, m, ((),), jnp.float32)).lower(windows, weight)
+  assert len(jax.tree.leaves(lowered.args_info)) == 2
+  main = [line for line in lowered.as_text().splitlines() if "func.func public @main" in line][0]
+  assert main.count("%arg") == 2  # no parameter is an argument of the program
+  np.testing.assert_allclose(np.asarray(constant(windows)), np.asarray(predict.model_predict_fn(cfg, params)(windows)),
+                             rtol=1e-5, atol=1e-6)
+  # One predictor per checkpoint: its programs, and with them the parameters, go when it does.
+  leaf = weakref.ref(params["Conv3D_0"]["kernel"])
+  del constant, params
+  gc.collect()
+  assert leaf() is None
+  # The choice: auto on a CPU from 1M parameters; true / false; anything else a one-line error.
+  small = {"w": jnp.zeros((999_999,))}
+  big = {"w": jnp.zeros((1_000_000,))}
+  assert not predict.uses_constant_params(cfg, small) and predict.uses_constant_params(cfg, big)
+  cfg.eval.constant_params = "false"
+  assert not predict.uses_constant_params(cfg, big)
+  assert isinstance(predict.checkpoint_predict_fn(cfg, big), jax.tree_util.Partial)
+  cfg.eval.constant_params = "true"
+  assert predict.uses_constant_params(cfg, small)
+  cfg.eval.constant_params = "yes"
+  with pytest.raises(ValueError, match="eval.constant_params: 'yes' is not one of auto, true, false"):
+    check_eval_config(cfg.eval)
+
+
 def test_bad_inputs_are_clear_errors(tmp_path):
   cfg = _config((1.0, 1.0, 1.0))
   with pytest.raises(ValueError, match="no such file"):

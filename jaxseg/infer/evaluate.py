@@ -21,7 +21,7 @@ import jax
 from jaxseg import assembly, labels as labels_lib, parallel, workdir as workdir_lib
 from jaxseg.data import cache
 from jaxseg.data.prepare import prepare_data
-from jaxseg.infer.predict import predict_volume
+from jaxseg.infer.predict import checkpoint_predict_fn, predict_volume
 from jaxseg.metrics import evaluation, report
 from jaxseg.train import tb_log
 
@@ -136,5 +136,6 @@ def evaluate_checkpoint(workdir: str, data_spec: str, step: int | str | None = N
   ids = [c["case_id"] for c in cache.list_cases(cache_dir)]
   name = os.path.basename(os.path.normpath(root))
   out_dir = out_dir or os.path.join(workdir, "eval", f"{name}_step_{used}")
-  summary = evaluate_cases(config, params, cache_dir, ids, out_dir, mesh=mesh, checkpoint_step=used)
+  summary = evaluate_cases(config, params, cache_dir, ids, out_dir, mesh=mesh, checkpoint_step=used,
+                           predict_fn=checkpoint_predict_fn(config, params))
   return dict(summary, eval_dir=out_dir)

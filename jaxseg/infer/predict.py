@@ -25,7 +25,7 @@ from jaxseg import labels as labels_lib, workdir as workdir_lib
 from jaxseg.data import geometry
 from jaxseg.data.preprocess import preprocess_image
 from jaxseg.infer import postprocess as post
-from jaxseg.infer.sliding_window import sliding_window_inference
+from jaxseg.infer.sliding_window import ConstantParamsPredictor, sliding_window_inference
 from jaxseg.io import nifti
 from jaxseg.models import build_model
 from jaxseg.intensity import normalize_hu
@@ -63,13 +63,39 @@ def inference_conv(config: ml_collections.ConfigDict) -> str:
   return "depth_folded" if jax.default_backend() == "cpu" else str(config.model.conv)
 
 
-def model_predict_fn(config: ml_collections.ConfigDict, params) -> jax.tree_util.Partial:
+def model_predict_fn(config: ml_collections.ConfigDict, params, constant_params: bool = False) -> Callable:
   """The model of ``config`` with ``params`` as a window predictor f32 [N, wx, wy, wz, 1] -> [N, ..., K],
-  in the convolution form of ``inference_conv``."""
+  in the convolution form of ``inference_conv``: a ``jax.tree_util.Partial`` (the parameters traced, one
+  compilation for every parameter set: validation) or, with ``constant_params``, a
+  ``ConstantParamsPredictor`` (the parameters compiled in: a checkpoint's evaluation or prediction)."""
   k = labels_lib.num_classes(tuple(config.data.organs))
   model = ml_collections.ConfigDict(config.model.to_dict())
   model.conv = inference_conv(config)
-  return jax.tree_util.Partial(_apply_fn(model.to_json(), k), params)
+  apply = _apply_fn(model.to_json(), k)
+  if constant_params:
+    return ConstantParamsPredictor(functools.partial(apply, params))
+  return jax.tree_util.Partial(apply, params)
+
+
+# "auto" compiles the parameters in on a CPU backend from this many parameters: below it the kernel copies
+# that constants save (ConstantParamsPredictor) cost less than the extra compilation of each checkpoint.
+_CONSTANT_PARAMS_MIN = 1_000_000
+
+
+def uses_constant_params(config: ml_collections.ConfigDict, params) -> bool:
+  """Whether a checkpoint's evaluation or prediction compiles the parameters in (``eval.constant_params``:
+  "auto" on a CPU backend for models of at least _CONSTANT_PARAMS_MIN parameters; "true"; "false").
+  Validation during training never does: its parameters are new each time."""
+  choice = str(config.eval.get("constant_params", "auto"))
+  if choice != "auto":
+    return choice == "true"
+  size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+  return jax.default_backend() == "cpu" and size >= _CONSTANT_PARAMS_MIN
+
+
+def checkpoint_predict_fn(config: ml_collections.ConfigDict, params) -> Callable:
+  """The window predictor of a checkpoint's evaluation or prediction (``uses_constant_params``)."""
+  return model_predict_fn(config, params, constant_params=uses_constant_params(config, params))
 
 
 def normalize_volume(image_hu: np.ndarray, hu_window: Sequence[float], slab: int = 32) -> np.ndarray:
@@ -255,6 +281,8 @@ def predict_files(config: ml_collections.ConfigDict, params, inputs: str | Seque
   """
   mode = check_resample_config(config)
   files = list_inputs(inputs)
+  if predict_fn is None:  # one predictor (and compilation) for every file
+    predict_fn = checkpoint_predict_fn(config, params)
   organs = labels_lib.check_organs(config.data.organs)
   names = labels_lib.class_names(organs)
   os.makedirs(output_dir, exist_ok=True)
