@@ -99,3 +99,23 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_unknown_model_is_named():
   with pytest.raises(ValueError, match="model.name"):
     build_model(ml_collections.ConfigDict(dict(_cfg((4,), (1,)).to_dict(), name="vnet")), 3)
+
+
+@pytest.mark.parametrize("impl", ["native", "depth_folded"])
+def test_a_conv_of_channel_parts_is_the_conv_of_their_concatenation(impl):
+  """Conv3D((a, b)): the parameters, outputs and gradients of Conv3D(concatenate([a, b])); the depth-folded
+  form convolves part by part (no concatenated copy), so it agrees to float rounding, not bit for bit."""
+  from jaxseg.models.conv import Conv3D
+  r = np.random.default_rng(0)
+  a = jnp.asarray(r.normal(size=(2, 6, 34, 34, 3)), jnp.float32)  # planes large enough to scan
+  b = jnp.asarray(r.normal(size=(2, 6, 34, 34, 5)), jnp.float32)
+  layer = Conv3D(4, impl=impl)
+  params = layer.init(jax.random.key(0), jnp.concatenate([a, b], -1))
+  assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), (a, b))) == jax.tree.map(jnp.shape, params)
+  whole = lambda p, a, b: jnp.sum(jnp.tanh(layer.apply(p, jnp.concatenate([a, b], -1))))
+  parts = lambda p, a, b: jnp.sum(jnp.tanh(layer.apply(p, (a, b))))
+  np.testing.assert_allclose(layer.apply(params, (a, b)), layer.apply(params, jnp.concatenate([a, b], -1)),
+                             rtol=1e-5, atol=1e-5)
+  for g_parts, g_whole in zip(jax.tree.leaves(jax.grad(parts, argnums=(0, 1, 2))(params, a, b)),
+                              jax.tree.leaves(jax.grad(whole, argnums=(0, 1, 2))(params, a, b))):
+    np.testing.assert_allclose(g_parts, g_whole, rtol=1e-4, atol=1e-4)

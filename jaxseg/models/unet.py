@@ -97,8 +97,7 @@ class ResEncUNet(nn.Module):
       feat = self.features[stage]
       # Named as the flax.linen.ConvTranspose it replaces was, so earlier checkpoints load.
       h = UpConv3D(feat, dtype=self.dtype, name=f"ConvTranspose_{len(self.features) - 2 - stage}")(h)
-      h = jnp.concatenate([h, skips[stage]], axis=-1)
-      h = Conv3D(feat, frozen_bias=True, **conv)(h)
+      h = Conv3D(feat, frozen_bias=True, **conv)((h, skips[stage]))  # their channels concatenated
       h = _act(InstanceNorm(dtype=self.dtype)(h))
       if stage == 0 or every_level:
         head = Conv3D(self.num_classes, kernel_size=(1, 1, 1), impl="native", dtype=self.dtype,
