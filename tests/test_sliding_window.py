@@ -122,10 +122,13 @@ _MULTI_DEVICE = textwrap.dedent("""
     w = jnp.asarray(np.random.default_rng(2).normal(size=(1, 3)).astype(np.float32))
     fn = jax.tree_util.Partial(lambda w, x: jnp.tanh(x @ w), w)
     ref = sw.sliding_window_inference(fn, vol, (8, 8, 8), 0.5, 3, 3)
+    const = sw.ConstantParamsPredictor(lambda x: jnp.tanh(x @ w))  # w compiled in
     for n in (2, 4):
       mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n], axis_types=(AxisType.Auto,))
       out = sw.sliding_window_inference(fn, vol, (8, 8, 8), 0.5, 3, 3, mesh=mesh)
       np.testing.assert_array_equal(out, ref)
+      out = sw.sliding_window_inference(const, vol, (8, 8, 8), 0.5, 3, 3, mesh=mesh)
+      np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
     ident = sw.sliding_window_inference(lambda x: x, vol, (8, 8, 8), 0.5, 5, 1, mesh=mesh)
     np.testing.assert_allclose(ident, vol, rtol=1e-5, atol=1e-6)
     print("OK")
