@@ -135,7 +135,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.conv = "auto"
   # A checkpoint's evaluation and prediction compile its parameters into the program as constants: "auto"
   # does on a CPU backend for models of >= 1M parameters (XLA:CPU then folds the copies of the kernels'
-  # taps away: ResEnc M's sliding window about 6% faster, README "Speed and memory"); "true" | "false".
+  # taps away: ResEnc M's sliding window about 5% faster, README "Speed and memory"); "true" | "false".
   # Validation during training never does (new parameters each time, one compilation for all).
   c.eval.constant_params = "auto"
   c.eval.largest_organ_component = True

@@ -148,15 +148,14 @@ def test_a_checkpoints_predictor_compiles_its_parameters_in_and_predicts_the_sam
   assert isinstance(constant, sliding_window.ConstantParamsPredictor)
   np.testing.assert_allclose(run(constant), shared, rtol=1e-5, atol=1e-6)
   windows, weight = jnp.zeros((2, 16, 16, 16, 1)), jnp.ones((16, 16, 16))
-  lowered = jax.jit(lambda w, m: constant.weighted_window_logits(w, m, ((),), jnp.float32)).lower(windows, weight)
-  assert len(jax.tree.leaves(lowered.args_info)) == 2
-  main = [line for line in lowered.as_text().splitlines() if "func.func public @main" in line][0]
-  assert main.count("%arg") == 2  # no parameter is an argument of the program
+  (program,) = constant._programs.values()  # the one the sliding window compiled (its mirroring, float32)
+  main = [line for line in program.lower(windows, weight).as_text().splitlines() if "func.func public @main" in line]
+  assert main[0].count("%arg") == 2  # windows and weight: no parameter is an argument of the program
   np.testing.assert_allclose(np.asarray(constant(windows)), np.asarray(predict.model_predict_fn(cfg, params)(windows)),
                              rtol=1e-5, atol=1e-6)
   # One predictor per checkpoint: its programs, and with them the parameters, go when it does.
   leaf = weakref.ref(params["Conv3D_0"]["kernel"])
-  del constant, params
+  del constant, program, params
   gc.collect()
   assert leaf() is None
   # The choice: auto on a CPU from 1M parameters; true / false; anything else a one-line error.

@@ -28,6 +28,7 @@ from jaxseg.infer import postprocess as post
 from jaxseg.infer.sliding_window import ConstantParamsPredictor, sliding_window_inference
 from jaxseg.io import nifti
 from jaxseg.models import build_model
+from jaxseg.train.state import count_params
 from jaxseg.intensity import normalize_hu
 
 _SUFFIXES = (".nii.gz", ".nii")
@@ -89,8 +90,7 @@ def uses_constant_params(config: ml_collections.ConfigDict, params) -> bool:
   choice = str(config.eval.get("constant_params", "auto"))
   if choice != "auto":
     return choice == "true"
-  size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
-  return jax.default_backend() == "cpu" and size >= _CONSTANT_PARAMS_MIN
+  return jax.default_backend() == "cpu" and count_params(params) >= _CONSTANT_PARAMS_MIN
 
 
 def checkpoint_predict_fn(config: ml_collections.ConfigDict, params) -> Callable:

@@ -139,7 +139,9 @@ class ConstantParamsPredictor:
   Why: with the parameters as arguments, XLA:CPU copies every depth-folded layer's kernel taps out of the
   kernel in every call (``kernel[d]``, 0.1 s of a 1.6 s ResEnc M forward at 64^3, batch 2, in a
   ``jax.profiler`` trace); compiled in as constants, the copies are folded away at compile time and the
-  sliding window of the README's comparison runs about 6% faster (README, "Speed and memory"). The price is
+  sliding window of the README's comparison runs about 5% faster (0.88-0.89x MONAI's with the parameters as
+  arguments, 0.91-0.95x compiled in: ``launch/bench_peers.py --work=sliding`` with
+  ``--config.eval.constant_params=false|true``; README, "Speed and memory"). The price is
   one compilation per parameter set and a second copy of the parameters inside the program, which pays for a
   checkpoint's evaluation or prediction, not for validation during training (new parameters each time).
 
